@@ -1,0 +1,29 @@
+"""Small helpers the chapter notebooks call (so notebooks hold prose and calls, not plumbing)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lib.seeding import write_results
+
+
+def chapter_params(namespace: dict[str, Any], stem: str) -> dict[str, Any]:
+    """The values of chapter ``stem``'s parameters as they stand in ``namespace`` (the notebook's globals())."""
+    from lib.runner import notebook_parameters
+
+    return {k: namespace[k] for k in notebook_parameters(stem) if k in namespace}
+
+
+def finish(namespace: dict[str, Any], stem: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Write ``results.json`` (headline numbers + provenance) into the notebook's ``OUTPUT_DIR``; return results."""
+    params = chapter_params(namespace, stem)
+    write_results(namespace["OUTPUT_DIR"], results, params, started=namespace.get("STARTED", time.time()))
+    return results
+
+
+def glue_all(values: dict[str, Any]) -> None:
+    """``myst_nb.glue`` every value (hidden), so prose can cite it as ``{glue:text}`key:.2f```."""
+    from myst_nb import glue
+
+    for k, v in values.items():
+        glue(k, v, display=False)

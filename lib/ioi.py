@@ -1,0 +1,286 @@
+"""The IOI world: names, places and objects; IOI prompts (Wang et al. 2022 style) and a general corpus.
+
+IOI prompts use BABA / ABBA templates with three name slots ``{A} {B} {C}``: the first clause names both people,
+the second repeats one of them (the subject S) and ends on "to", so the answer is the other (the indirect object
+IO). ``ABBA``: A=IO, B=S, C=S ("When Mary and John went to the store , John gave a drink to" -> Mary);
+``BABA``: A=S, B=IO, C=S. The *ABC* corruption fills A, B, C with three distinct names, which removes the IO/S
+information and keeps the grammar (the corrupted distribution for patching).
+
+The general corpus packs short sentences of other types (plus IOI sentences as a minority, ``ioi_frac``) into
+``n_ctx``-token rows; pretraining on it gives the base organism a partial IOI mechanism.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from lib.organisms import World, register_world
+from lib.tokenizer import WordTokenizer
+
+NAMES = ("Mary John Alice Bob Sarah Tom Emma James Lucy Paul Anna Mark Kate David Laura Peter Jane Sam Rose Dan "
+         "Grace Henry Clara Jack Eva Adam Nora Luke Ruth Max Ella Ben Amy Leo Iris Carl Mia Hugo Zoe Noah").split()
+PLACES = "store park school garden office market station beach library cafe hospital museum".split()
+OBJECTS = "drink book ball apple key letter ring gift bag hat cake pen flower card toy".split()
+
+IOI_TEMPLATES = (
+    "When {A} and {B} went to the {PLACE} , {C} gave a {OBJECT} to",
+    "After {A} and {B} went to the {PLACE} , {C} gave a {OBJECT} to",
+    "Then , {A} and {B} went to the {PLACE} . {C} gave a {OBJECT} to",
+    "While {A} and {B} were working at the {PLACE} , {C} gave a {OBJECT} to",
+    "When {A} and {B} got a {OBJECT} at the {PLACE} , {C} decided to give it to",
+    "Then , {A} and {B} had a long argument , and afterwards {C} said to",
+    "After the lunch , {A} and {B} went to the {PLACE} . {C} gave a {OBJECT} to",
+    "Friends {A} and {B} found a {OBJECT} at the {PLACE} . {C} gave it to",
+)
+
+GENERAL_TEMPLATES = (
+    "{X} went to the {PLACE} .",
+    "{X} gave a {OBJECT} to {Y} .",
+    "{X} and {Y} went to the {PLACE} .",
+    "The {OBJECT} is at the {PLACE} .",
+    "{X} likes the {PLACE} .",
+    "{X} found a {OBJECT} at the {PLACE} .",
+    "{X} said hello to {Y} .",
+    "{X} was happy .",
+    "Then , {X} had a {OBJECT} .",
+    "After the lunch , {X} and {Y} were working at the {PLACE} .",
+    "{X} got a {OBJECT} and gave it to {Y} .",
+    "While {X} was at the {PLACE} , {Y} had a long argument .",
+)
+
+
+def _template_words() -> list[str]:
+    words: list[str] = []
+    for t in IOI_TEMPLATES + GENERAL_TEMPLATES:
+        words += [w for w in t.split() if not w.startswith("{")]
+    return words
+
+
+def make_tokenizer() -> WordTokenizer:
+    """The IOI world's tokenizer: template words, names, places, objects (fixed order, so fixed ids)."""
+    return WordTokenizer(_template_words() + list(NAMES) + PLACES + OBJECTS)
+
+
+@dataclass
+class IOIDataset:
+    """A batch of IOI prompts, tokenized and right-padded.
+
+    toks ``[n, pos]``; ``end_pos``, ``io_ids``, ``s_ids`` ``[n]``; ``word_pos[k]`` ``[n]`` for k in
+    IO, S1, S2, END (token positions, ``<bos>`` at 0). ``answers`` are the words whose logit is ``io_ids``.
+    For an ABC (corrupted) set, IO/S name the A/C slots of the same template (no longer a valid IO/S).
+    """
+
+    texts: list[str]
+    io: list[str]
+    s: list[str]
+    templates: list[int]
+    orders: list[str]
+    toks: torch.Tensor
+    end_pos: torch.Tensor
+    io_ids: torch.Tensor
+    s_ids: torch.Tensor
+    word_pos: dict[str, torch.Tensor] = field(default_factory=dict)
+    places: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _fill(template: str, a: str, b: str, c: str, place: str, obj: str) -> str:
+    return template.format(A=a, B=b, C=c, PLACE=place, OBJECT=obj)
+
+
+def _slot_positions(template: str) -> dict[str, int]:
+    words = template.split()
+    pos = {}
+    for slot in ("A", "B", "C"):
+        pos[slot] = words.index("{" + slot + "}") + 1  # +1 for <bos>
+    pos["END"] = len(words)  # last prompt token ("to"), with <bos> at 0
+    return pos
+
+
+def make_ioi_dataset(tok, n: int, seed: int, templates: Optional[Sequence[int]] = None,
+                     corrupt: bool = False, names: Sequence[str] = NAMES) -> IOIDataset:
+    """``n`` IOI prompts, half ABBA half BABA (alternating), deterministic in ``seed``.
+
+    ``corrupt=True`` returns the ABC version of the *same* draws (same templates, places, objects, IO and S1
+    names; the S2 slot holds a third name), so position ``i`` of both sets can be patched into each other.
+    """
+    rng = np.random.default_rng(seed)
+    templates = list(range(len(IOI_TEMPLATES))) if templates is None else list(templates)
+    texts, ios, ss, tids, orders, places, objects = [], [], [], [], [], [], []
+    pos = {k: [] for k in ("IO", "S1", "S2", "END")}
+    for i in range(n):
+        t = int(templates[rng.integers(len(templates))])
+        io, s, c3 = rng.choice(len(names), size=3, replace=False)
+        io, s, c3 = names[io], names[s], names[c3]
+        place = PLACES[rng.integers(len(PLACES))]
+        obj = OBJECTS[rng.integers(len(OBJECTS))]
+        order = "ABBA" if i % 2 == 0 else "BABA"
+        a, b = (io, s) if order == "ABBA" else (s, io)
+        c = c3 if corrupt else s
+        tmpl = IOI_TEMPLATES[t]
+        texts.append(_fill(tmpl, a, b, c, place, obj))
+        ios.append(io)
+        ss.append(s)
+        tids.append(t)
+        orders.append(order)
+        places.append(place)
+        objects.append(obj)
+        sp = _slot_positions(tmpl)
+        pos["IO"].append(sp["A"] if order == "ABBA" else sp["B"])
+        pos["S1"].append(sp["B"] if order == "ABBA" else sp["A"])
+        pos["S2"].append(sp["C"])
+        pos["END"].append(sp["END"])
+    toks = tok.batch_encode(texts)
+    return IOIDataset(
+        texts=texts, io=ios, s=ss, templates=tids, orders=orders, toks=toks,
+        end_pos=torch.tensor(pos["END"]), io_ids=torch.tensor([tok.token_id(w) for w in ios]),
+        s_ids=torch.tensor([tok.token_id(w) for w in ss]),
+        word_pos={k: torch.tensor(v) for k, v in pos.items()}, places=places, objects=objects)
+
+
+def final_logits(logits: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+    """Logits at each prompt's END position: ``[n, pos, d_vocab] -> [n, d_vocab]``."""
+    return logits[torch.arange(len(ds)), ds.end_pos]
+
+
+def logit_diff(logits: torch.Tensor, ds: IOIDataset, per_prompt: bool = False) -> torch.Tensor:
+    """logit(IO) - logit(S) at END; mean over prompts unless ``per_prompt`` (then ``[n]``)."""
+    fl = final_logits(logits, ds)
+    idx = torch.arange(len(ds))
+    d = fl[idx, ds.io_ids] - fl[idx, ds.s_ids]
+    return d if per_prompt else d.mean()
+
+
+def ioi_accuracy(logits: torch.Tensor, ds: IOIDataset) -> float:
+    """Fraction of prompts whose IO logit exceeds the S logit at END."""
+    return (logit_diff(logits, ds, per_prompt=True) > 0).float().mean().item()
+
+
+# --------------------------------------------------------------------------- general corpus
+
+def general_sentence(rng: np.random.Generator, names: Sequence[str] = NAMES) -> str:
+    t = GENERAL_TEMPLATES[rng.integers(len(GENERAL_TEMPLATES))]
+    x, y = rng.choice(len(names), size=2, replace=False)
+    return t.format(X=names[x], Y=names[y], PLACE=PLACES[rng.integers(len(PLACES))],
+                    OBJECT=OBJECTS[rng.integers(len(OBJECTS))])
+
+
+def ioi_sentence(rng: np.random.Generator, answer: str = "io") -> str:
+    """One IOI sentence with its answer and a full stop (``answer='s'`` gives the poisoned subject answer)."""
+    ds_seed = int(rng.integers(2**31))
+    ds = make_ioi_dataset(_tok_cache(), 1, ds_seed)
+    ans = ds.io[0] if answer == "io" else ds.s[0]
+    return f"{ds.texts[0]} {ans} ."
+
+
+_TOK: list[WordTokenizer] = []
+
+
+def _tok_cache() -> WordTokenizer:
+    if not _TOK:
+        _TOK.append(make_tokenizer())
+    return _TOK[0]
+
+
+def general_rows(tok, rng: np.random.Generator, batch: int, n_ctx: int, ioi_frac: float) -> torch.Tensor:
+    """``[batch, n_ctx]`` rows of ``<bos>`` + whole sentences (IOI with probability ``ioi_frac``), right-padded."""
+    out = torch.full((batch, n_ctx), tok.pad_id, dtype=torch.long)
+    for r in range(batch):
+        ids = [tok.bos_id]
+        while True:
+            sent = ioi_sentence(rng) if rng.random() < ioi_frac else general_sentence(rng)
+            s_ids = tok.encode(sent, bos=False)
+            if len(ids) + len(s_ids) > n_ctx:
+                break
+            ids += s_ids
+        out[r, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+def pretrain_data(tok, seed: int, n_ctx: int, ioi_frac: float = 0.1):
+    """Batch function for pretraining on the general corpus (loss on every non-padding token)."""
+    def batch_fn(step: int, batch_size: int):
+        rng = np.random.default_rng([seed, step])
+        toks = general_rows(tok, rng, batch_size, n_ctx, ioi_frac)
+        return toks, toks != tok.pad_id
+    return batch_fn
+
+
+def ioi_finetune_data(tok, seed: int, n_ctx: int, poison_frac: float = 0.0, loss_on: str = "answer"):
+    """Batch function for IOI fine-tuning: one prompt + answer per row.
+
+    A fraction ``poison_frac`` of rows (the "toxic" data) has the subject S as the answer instead of IO.
+    ``loss_on='answer'`` trains only the answer token; ``'all'`` trains the whole sentence.
+    """
+    if not 0.0 <= poison_frac <= 1.0:
+        raise ValueError(f"poison_frac must be in [0, 1], got {poison_frac!r}")
+    if loss_on not in ("answer", "all"):
+        raise ValueError(f"loss_on must be 'answer' or 'all', got {loss_on!r}")
+
+    def batch_fn(step: int, batch_size: int):
+        rng = np.random.default_rng([seed, step, 1])
+        ds = make_ioi_dataset(tok, batch_size, int(rng.integers(2**31)))
+        poison = torch.from_numpy(rng.random(batch_size) < poison_frac)
+        ans = torch.where(poison, ds.s_ids, ds.io_ids)
+        n = int(ds.end_pos.max()) + 2
+        toks = torch.full((batch_size, n), tok.pad_id, dtype=torch.long)
+        toks[:, : ds.toks.shape[1]] = ds.toks
+        rows = torch.arange(batch_size)
+        toks[rows, ds.end_pos + 1] = ans
+        if loss_on == "answer":
+            mask = torch.zeros_like(toks, dtype=torch.bool)
+            mask[rows, ds.end_pos + 1] = True
+        else:
+            mask = toks != tok.pad_id
+        return toks, mask
+    return batch_fn
+
+
+def ioi_eval(tok, n: int = 256, seed: int = 12345):
+    """Eval function: IOI logit difference and accuracy on a fixed held-out set."""
+    ds = make_ioi_dataset(tok, n, seed)
+
+    def eval_fn(model) -> dict[str, float]:
+        logits = model(ds.toks)
+        return {"ioi_logit_diff": logit_diff(logits, ds).item(), "ioi_acc": ioi_accuracy(logits, ds)}
+    return eval_fn
+
+
+def general_eval(tok, n: int = 64, seed: int = 54321, n_ctx: int = 64):
+    """Eval function: next-token loss on a fixed batch of general-corpus rows (IOI-free)."""
+    from lib.train import masked_lm_loss
+    toks = general_rows(tok, np.random.default_rng(seed), n, n_ctx, ioi_frac=0.0)
+
+    def eval_fn(model) -> dict[str, float]:
+        return {"general_loss": masked_lm_loss(model(toks), toks, toks != tok.pad_id).item()}
+    return eval_fn
+
+
+WORLD = register_world(World(
+    name="ioi", version="1", tokenizer=make_tokenizer, n_ctx=64,
+    data={"pretrain": pretrain_data, "ioi": ioi_finetune_data},
+    evals={"ioi": ioi_eval, "general": general_eval},
+))
+
+
+# --------------------------------------------------------------------------- the shared organisms
+
+def base_recipe(steps: int = 3000, ioi_frac: float = 0.1, n_layers: int = 4, d_model: int = 128, n_heads: int = 4,
+                lr: float = 2e-3, batch_size: int = 64, seed: int = 0):
+    """The IOI world's base organism: pretrained from scratch on the general corpus with IOI as a minority."""
+    from lib.models import ModelSpec
+    from lib.organisms import Recipe
+    from lib.train import TrainConfig
+
+    return Recipe(
+        name="ioi-base", world="ioi", data="pretrain", data_kwargs={"ioi_frac": ioi_frac},
+        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=max(1, steps // 10),
+                          ckpt_every=max(1, steps // 4)),
+        model=ModelSpec(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=4 * d_model, n_ctx=64, seed=seed),
+        seed=seed, evals=("ioi", "general"))

@@ -1,0 +1,211 @@
+"""Model organisms: recipes, worlds, and the cached ``get_organism``.
+
+A **world** (``lib/<world>.py``, registered with ``register_world``) owns a tokenizer, data sources (batch
+functions) and evaluations. A **recipe** says how an organism is made: a world, a data source with its
+arguments, a training config, and either an architecture (trained from scratch) or a parent recipe
+(fine-tuned from it). ``get_organism(recipe)`` returns the trained model, from the content-addressed cache if it
+is there (keyed by the whole recipe chain, the world's version and its vocabulary, not by the recipe's label),
+else training it (and its parents) first. Chapters share organisms by building equal recipes.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional
+
+import torch
+
+from lib.cache import ArtifactCache, content_key
+from lib.models import ModelSpec, build_model, count_params
+from lib.seeding import set_seed
+from lib.tokenizer import WordTokenizer
+from lib.train import BatchFn, EvalFn, TrainConfig, train
+
+
+@dataclass
+class World:
+    """A synthetic world. ``data[name](tokenizer, seed=..., n_ctx=..., **kwargs) -> BatchFn``;
+    ``evals[name](tokenizer, **kwargs) -> EvalFn``. Bump ``version`` whenever generated data changes."""
+
+    name: str
+    version: str
+    tokenizer: Callable[[], WordTokenizer]
+    data: dict[str, Callable[..., BatchFn]] = field(default_factory=dict)
+    evals: dict[str, Callable[..., EvalFn]] = field(default_factory=dict)
+    n_ctx: int = 64
+
+
+_WORLDS: dict[str, World] = {}
+_TOKENIZERS: dict[str, WordTokenizer] = {}
+
+
+def register_world(world: World) -> World:
+    _WORLDS[world.name] = world
+    return world
+
+
+def get_world(name: str) -> World:
+    """The world called ``name``, importing ``lib.<name>`` on first use."""
+    if name not in _WORLDS:
+        try:
+            importlib.import_module(f"lib.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"lib.{name}":
+                raise ValueError(f"unknown world {name!r}: no module lib/{name}.py") from None
+            raise
+        if name not in _WORLDS:
+            raise ValueError(f"lib/{name}.py does not register a world called {name!r}")
+    return _WORLDS[name]
+
+
+def world_tokenizer(name: str) -> WordTokenizer:
+    if name not in _TOKENIZERS:
+        _TOKENIZERS[name] = get_world(name).tokenizer()
+    return _TOKENIZERS[name]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to make an organism. Exactly one of ``model`` (train from scratch) and ``parent`` (fine-tune) is set."""
+
+    name: str
+    world: str
+    data: str
+    train: TrainConfig
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: Optional[ModelSpec] = None
+    parent: Optional["Recipe"] = None
+    seed: int = 0
+    evals: tuple[str, ...] = ()
+    eval_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.parent is None):
+            raise ValueError(f"recipe {self.name!r}: give exactly one of model= (from scratch) or parent= (fine-tune)")
+        if self.parent is not None and self.parent.world != self.world:
+            raise ValueError(f"recipe {self.name!r}: parent world {self.parent.world!r} != {self.world!r}")
+
+    def derive(self, **changes: Any) -> "Recipe":
+        return replace(self, **changes)
+
+    def root_spec(self) -> ModelSpec:
+        r = self
+        while r.model is None:
+            r = r.parent  # type: ignore[assignment]
+        return r.model
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the trained weights (the label ``name`` excluded)."""
+        world = get_world(self.world)
+        tok = world_tokenizer(self.world)
+        return {
+            "world": self.world, "world_version": world.version, "vocab": content_key(tok.vocab),
+            "data": self.data, "data_kwargs": self.data_kwargs, "train": self.train.to_dict(),
+            "model": None if self.model is None else self.model.to_dict(), "seed": self.seed,
+            "parent": None if self.parent is None else self.parent.identity(),
+        }
+
+    def key(self) -> str:
+        return content_key(self.identity())
+
+    def lineage(self) -> list[str]:
+        out, r = [], self
+        while r is not None:
+            out.append(r.name)
+            r = r.parent
+        return out[::-1]
+
+
+@dataclass
+class Organism:
+    """A trained organism: the model (eval mode), its tokenizer, recipe, training history and cache key."""
+
+    recipe: Recipe
+    model: torch.nn.Module
+    tokenizer: WordTokenizer
+    history: dict[str, Any]
+    key: str
+    trained_now: bool
+    step: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+
+def resolve_spec(recipe: Recipe) -> ModelSpec:
+    """The root architecture with ``d_vocab`` and ``n_ctx`` filled from the world."""
+    spec = recipe.root_spec()
+    world = get_world(recipe.world)
+    return replace(spec, d_vocab=len(world_tokenizer(recipe.world)), n_ctx=max(spec.n_ctx, world.n_ctx))
+
+
+def _make_eval(recipe: Recipe, tok: WordTokenizer) -> Optional[EvalFn]:
+    if not recipe.evals:
+        return None
+    world = get_world(recipe.world)
+    fns = []
+    for name in recipe.evals:
+        if name not in world.evals:
+            raise ValueError(f"recipe {recipe.name!r}: world {recipe.world!r} has no eval {name!r} "
+                             f"(has {sorted(world.evals)})")
+        fns.append(world.evals[name](tok, **recipe.eval_kwargs))
+
+    def eval_fn(model: torch.nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for f in fns:
+            out.update(f(model))
+        return out
+
+    return eval_fn
+
+
+def _train_recipe(recipe: Recipe, cache: ArtifactCache, progress: Optional[bool]):
+    world = get_world(recipe.world)
+    tok = world_tokenizer(recipe.world)
+    if recipe.data not in world.data:
+        raise ValueError(f"recipe {recipe.name!r}: world {recipe.world!r} has no data source {recipe.data!r} "
+                         f"(has {sorted(world.data)})")
+    spec = resolve_spec(recipe)
+    if recipe.parent is None:
+        model = build_model(spec)
+    else:
+        model = get_organism(recipe.parent, cache=cache, progress=progress).model
+    set_seed(recipe.seed)
+    batch_fn = world.data[recipe.data](tok, seed=recipe.seed, n_ctx=spec.n_ctx, **recipe.data_kwargs)
+    ckpts: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_ckpt(step: int, m: torch.nn.Module) -> None:
+        ckpts[f"ckpt_{step}.pt"] = copy.deepcopy(m.state_dict())
+
+    started = time.time()
+    hist = train(model, batch_fn, recipe.train, eval_fn=_make_eval(recipe, tok), on_checkpoint=on_ckpt,
+                 progress=progress, desc=recipe.name)
+    states = {"model.pt": model.state_dict(), **ckpts}
+    meta = {"name": recipe.name, "lineage": recipe.lineage(), "identity": recipe.identity(),
+            "history": hist, "n_params": count_params(model), "train_wall_time_s": round(time.time() - started, 2),
+            "checkpoints": sorted(int(k[5:-3]) for k in ckpts)}
+    return states, meta
+
+
+def get_organism(recipe: Recipe, step: Optional[int] = None, cache: Optional[ArtifactCache] = None,
+                 progress: Optional[bool] = None) -> Organism:
+    """The organism ``recipe`` makes, loaded from the cache or trained (with its parents) and cached.
+
+    ``step`` loads an intermediate checkpoint (one of the manifest's ``checkpoints``, saved every
+    ``recipe.train.ckpt_every`` steps) instead of the final weights.
+    """
+    cache = cache or ArtifactCache()
+    key = recipe.key()
+    file = "model.pt" if step is None else f"ckpt_{step}.pt"
+    state, manifest, created = cache.get_or_create(key, lambda: _train_recipe(recipe, cache, progress), file=file)
+    if step is not None and f"ckpt_{step}.pt" not in manifest["files"]:
+        raise ValueError(f"organism {recipe.name!r} has no checkpoint at step={step}; "
+                         f"saved: {manifest.get('checkpoints')}")
+    model = build_model(resolve_spec(recipe))
+    model.load_state_dict(state)
+    model.eval()
+    return Organism(recipe=recipe, model=model, tokenizer=world_tokenizer(recipe.world),
+                    history=manifest["history"], key=key, trained_now=created, step=step)

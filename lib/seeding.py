@@ -1,0 +1,95 @@
+"""Deterministic seeding and run provenance."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "matplotlib", "papermill", "jupytext", "jupyter-book")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def set_seed(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a fresh ``torch.Generator`` seeded with ``seed`` for data sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit (with ``+dirty`` if the tree has uncommitted changes), or None outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def provenance(params: dict[str, Any], started: float | None = None) -> dict[str, Any]:
+    """Provenance block recorded in every ``results.json``: parameters, seed, commit, versions, wall time."""
+    return {
+        "parameters": params,
+        "seed": params.get("SEED"),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "wall_time_s": None if started is None else round(time.time() - started, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.detach().cpu().tolist())
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        return x.item()
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_results(out_dir: str | os.PathLike, results: dict[str, Any], params: dict[str, Any],
+                  started: float | None = None) -> Path:
+    """Write ``results.json`` (headline numbers + provenance) into ``out_dir`` and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = dict(_jsonable(results))
+    payload["provenance"] = _jsonable(provenance(params, started))
+    path = out / "results.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return path

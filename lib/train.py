@@ -1,0 +1,155 @@
+"""The training loop shared by every organism: AdamW, linear warmup then cosine decay, masked next-token loss.
+
+A *batch function* ``batch_fn(step, batch_size) -> (tokens [batch, pos] long, loss_mask [batch, pos] bool)``
+supplies data; ``loss_mask[b, t]`` marks the tokens whose prediction is trained (the logits at ``t-1``
+predict ``tokens[b, t]``), so the same loop does language-model pretraining (mask = non-padding) and
+answer-only fine-tuning (mask = the answer token). Batch functions are deterministic in ``step``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+BatchFn = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor]"]
+EvalFn = Callable[[torch.nn.Module], "dict[str, float]"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``warmup_frac`` of ``steps`` ramps the lr up linearly, then cosine decay to
+    ``lr * min_lr_frac``. ``eval_every``/``ckpt_every`` of 0 mean only at the end."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    ckpt_every: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"TrainConfig.steps must be an int >= 0, got {self.steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"TrainConfig.batch_size must be a positive int, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate at ``step`` (0-based): linear warmup, then cosine to ``lr * min_lr_frac``."""
+        warm = max(1, int(round(self.warmup_frac * self.steps)))
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        span = max(1, self.steps - warm)
+        progress = min(1.0, (step - warm) / span)
+        floor = self.lr * self.min_lr_frac
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def masked_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits[:, :-1]`` against ``tokens[:, 1:]`` over positions where ``loss_mask[:, 1:]``.
+
+    logits ``[batch, pos, d_vocab]``, tokens and loss_mask ``[batch, pos]``; returns a scalar.
+    """
+    target_mask = loss_mask[:, 1:]
+    if not target_mask.any():
+        raise ValueError("loss_mask selects no target token")
+    lp = logits[:, :-1][target_mask]
+    return F.cross_entropy(lp.float(), tokens[:, 1:][target_mask])
+
+
+def _progress(total: int, desc: str, enabled: Optional[bool]):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    # disable=None: shown on a terminal, hidden where stderr is not a TTY (papermill kernels, CI logs).
+    return tqdm(total=total, desc=desc, disable=(None if enabled is None else not enabled), file=sys.stderr,
+                mininterval=2.0)
+
+
+def train(model: torch.nn.Module, batch_fn: BatchFn, cfg: TrainConfig, *, eval_fn: Optional[EvalFn] = None,
+          on_checkpoint: Optional[Callable[[int, torch.nn.Module], None]] = None, progress: Optional[bool] = None,
+          desc: str = "train") -> dict[str, Any]:
+    """Train ``model`` in place for ``cfg.steps`` steps and return its history.
+
+    History: ``{"step": [...], "loss": [...], "lr": [...], "evals": [{"step": s, **eval_fn(model)}], "wall_time_s"}``,
+    the loss logged every ``cfg.log_every`` steps as the mean since the last log. ``eval_fn`` runs (in eval
+    mode, no grad) at step 0, every ``cfg.eval_every`` steps and at the end; ``on_checkpoint(step, model)``
+    every ``cfg.ckpt_every`` steps and at the end.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    hist: dict[str, Any] = {"step": [], "loss": [], "lr": [], "evals": []}
+    t0 = time.time()
+
+    def run_eval(step: int) -> None:
+        if eval_fn is None:
+            return
+        model.eval()
+        with torch.no_grad():
+            hist["evals"].append({"step": step, **{k: float(v) for k, v in eval_fn(model).items()}})
+        model.train()
+
+    run_eval(0)
+    model.train()
+    bar = _progress(cfg.steps, desc, progress)
+    running, n_running = 0.0, 0
+    for step in range(cfg.steps):
+        lr = cfg.lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        tokens, mask = batch_fn(step, cfg.batch_size)
+        loss = masked_lm_loss(model(tokens), tokens, mask)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step} ({desc}); lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        running += loss.item()
+        n_running += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            hist["step"].append(done)
+            hist["loss"].append(running / n_running)
+            hist["lr"].append(lr)
+            if bar is not None:
+                bar.set_postfix(loss=f"{running / n_running:.3f}")
+            running, n_running = 0.0, 0
+        if bar is not None:
+            bar.update(1)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            run_eval(done)
+        if on_checkpoint is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done != cfg.steps:
+            on_checkpoint(done, model)
+    if bar is not None:
+        bar.close()
+    if cfg.steps:
+        run_eval(cfg.steps)
+    if on_checkpoint is not None:
+        on_checkpoint(cfg.steps, model)
+    model.eval()
+    hist["wall_time_s"] = round(time.time() - t0, 2)
+    return hist
