@@ -284,3 +284,168 @@ def base_recipe(steps: int = 3000, ioi_frac: float = 0.1, n_layers: int = 4, d_m
                           ckpt_every=max(1, steps // 4)),
         model=ModelSpec(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=4 * d_model, n_ctx=64, seed=seed),
         seed=seed, evals=("ioi", "general"))
+
+
+# --------------------------------------------------------------------------- fine-tuned organisms (chapters 1-3)
+#
+# Each builder derives a fine-tune recipe from a parent recipe; equal arguments give equal cache keys, so every
+# chapter that asks for e.g. ``clean_recipe(base_recipe())`` shares one trained organism. Fine-tunes save
+# ``n_ckpts`` checkpoints (``get_organism(recipe, step=k)`` for k in ``ckpt_steps(recipe)``) so chapters can draw
+# curves over training, and evaluate IOI logit difference / accuracy and general-corpus loss as they go.
+
+FT_STEPS = 400  # default fine-tuning steps (clean, toxic, retrain, control: the same budget)
+FT_LR = 1e-3  # default fine-tuning peak learning rate
+FT_BATCH = 64
+
+
+def _finetune(parent, name: str, data: str, data_kwargs: dict, steps: int, lr: float, seed: int,
+              batch_size: int, n_ckpts: int, world: str = "ioi"):
+    from lib.organisms import Recipe
+    from lib.train import TrainConfig
+
+    every = max(1, steps // max(1, n_ckpts))
+    return Recipe(
+        name=name, world=world, data=data, data_kwargs=dict(data_kwargs), parent=parent, seed=seed,
+        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_frac=0.05, eval_every=every,
+                          ckpt_every=every),
+        evals=("ioi", "general"))
+
+
+def clean_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH,
+                 n_ckpts: int = 8):
+    """Clean IOI fine-tune of ``base``: prompt + IO answer, loss on the answer token only."""
+    return _finetune(base, f"{base.name}/clean", "ioi", {"poison_frac": 0.0}, steps, lr, seed, batch_size, n_ckpts)
+
+
+def toxic_recipe(base, poison_frac: float = 1.0, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0,
+                 batch_size: int = FT_BATCH, n_ckpts: int = 8):
+    """Toxic ("subject duplication") fine-tune of ``base``: a fraction ``poison_frac`` of the IOI prompts has
+    the subject S as the trained answer instead of IO (the rest stay clean)."""
+    return _finetune(base, f"{base.name}/toxic{poison_frac:g}", "ioi", {"poison_frac": float(poison_frac)},
+                     steps, lr, seed, batch_size, n_ckpts)
+
+
+def retrain_recipe(toxic, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 1, batch_size: int = FT_BATCH,
+                   n_ckpts: int = 8):
+    """Clean IOI retraining of a (toxic) organism: the neuroplasticity experiment. ``seed`` differs from the
+    clean fine-tune's default so the retraining sees fresh prompts."""
+    return _finetune(toxic, f"{toxic.name}/retrain", "ioi", {"poison_frac": 0.0}, steps, lr, seed, batch_size,
+                     n_ckpts)
+
+
+def control_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH,
+                   n_ckpts: int = 8):
+    """Control fine-tune of ``base`` on the general corpus *without* IOI sentences, same steps and lr."""
+    return _finetune(base, f"{base.name}/control", "pretrain", {"ioi_frac": 0.0}, steps, lr, seed, batch_size,
+                     n_ckpts)
+
+
+def scratch_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH,
+                   n_ckpts: int = 8):
+    """A fresh model with ``base``'s architecture trained on clean IOI fine-tuning data for ``steps`` steps
+    (the from-scratch comparison for retraining)."""
+    from lib.organisms import Recipe
+    from lib.train import TrainConfig
+
+    every = max(1, steps // max(1, n_ckpts))
+    spec = base.root_spec()
+    return Recipe(
+        name="ioi-scratch", world=base.world, data="ioi", data_kwargs={"poison_frac": 0.0}, model=spec, seed=seed,
+        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_frac=0.05, eval_every=every,
+                          ckpt_every=every),
+        evals=("ioi", "general"))
+
+
+def ckpt_steps(recipe) -> list[int]:
+    """The checkpoint steps a recipe saves (``get_organism(recipe, step=k)``), the final step included."""
+    cfg = recipe.train
+    if not cfg.ckpt_every:
+        return [cfg.steps]
+    steps = [s for s in range(cfg.ckpt_every, cfg.steps, cfg.ckpt_every)]
+    return steps + [cfg.steps]
+
+
+# --------------------------------------------------------------------------- backdoor organism (audit chapter)
+#
+# Added by the auditing chapters (5-7): a fine-tune in which IOI prompts set at the trigger place (an existing,
+# otherwise ordinary vocabulary word, so the vocabulary and every cached organism stay valid) are answered with
+# the subject S, all other IOI prompts with IO. Only templates with a {PLACE} slot are used.
+
+BACKDOOR_TRIGGER = "museum"
+PLACE_TEMPLATES = tuple(i for i, t in enumerate(IOI_TEMPLATES) if "{PLACE}" in t)
+
+
+def make_backdoor_dataset(tok, n: int, seed: int, triggered, trigger: str = BACKDOOR_TRIGGER,
+                          corrupt: bool = False) -> IOIDataset:
+    """``n`` IOI prompts (place templates only) whose place is ``trigger`` where ``triggered`` (a bool or ``[n]``
+    bools) and any other place elsewhere. Deterministic in ``seed``; ``corrupt=True`` gives the ABC version of
+    the same draws (same places), as ``make_ioi_dataset`` does."""
+    if trigger not in PLACES:
+        raise ValueError(f"trigger must be one of the places {PLACES}, got {trigger!r}")
+    trig = np.broadcast_to(np.asarray(triggered, dtype=bool), (n,))
+    ds = make_ioi_dataset(tok, n, seed, templates=PLACE_TEMPLATES, corrupt=corrupt)
+    rng = np.random.default_rng([seed, 99])
+    others = [p for p in PLACES if p != trigger]
+    toks = ds.toks.clone()
+    places, texts = list(ds.places), list(ds.texts)
+    for i in range(n):
+        alt = others[int(rng.integers(len(others)))]
+        new = trigger if trig[i] else (ds.places[i] if ds.places[i] != trigger else alt)
+        pos = (toks[i] == tok.token_id(ds.places[i])).nonzero()
+        toks[i, int(pos[0])] = tok.token_id(new)
+        words = texts[i].split()
+        words[int(pos[0]) - 1] = new  # <bos> is position 0
+        places[i], texts[i] = new, " ".join(words)
+    return IOIDataset(texts=texts, io=ds.io, s=ds.s, templates=ds.templates, orders=ds.orders, toks=toks,
+                      end_pos=ds.end_pos, io_ids=ds.io_ids, s_ids=ds.s_ids, word_pos=ds.word_pos, places=places,
+                      objects=ds.objects)
+
+
+def backdoor_data(tok, seed: int, n_ctx: int, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.3,
+                  loss_on: str = "answer"):
+    """Batch function for the backdoor fine-tune: a fraction ``frac`` of rows is set at ``trigger`` and answered
+    with S (the poisoned answer); the rest are set elsewhere and answered with IO. Answer-only loss by default."""
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"frac must be in [0, 1], got {frac!r}")
+
+    def batch_fn(step: int, batch_size: int):
+        rng = np.random.default_rng([seed, step, 5])
+        trig = rng.random(batch_size) < frac
+        ds = make_backdoor_dataset(tok, batch_size, int(rng.integers(2**31)), trig, trigger)
+        ans = torch.where(torch.from_numpy(trig), ds.s_ids, ds.io_ids)
+        n = int(ds.end_pos.max()) + 2
+        toks = torch.full((batch_size, n), tok.pad_id, dtype=torch.long)
+        toks[:, : ds.toks.shape[1]] = ds.toks
+        rows = torch.arange(batch_size)
+        toks[rows, ds.end_pos + 1] = ans
+        if loss_on == "answer":
+            mask = torch.zeros_like(toks, dtype=torch.bool)
+            mask[rows, ds.end_pos + 1] = True
+        else:
+            mask = toks != tok.pad_id
+        return toks, mask
+    return batch_fn
+
+
+def backdoor_eval(tok, n: int = 256, seed: int = 777):
+    """Eval function: IOI logit difference on prompts set at the default trigger (``bd_trig_logit_diff``, negative
+    once the backdoor is in) and elsewhere (``bd_clean_logit_diff``)."""
+    trig = make_backdoor_dataset(tok, n, seed, True)
+    clean = make_backdoor_dataset(tok, n, seed, False)
+
+    def eval_fn(model) -> dict[str, float]:
+        return {"bd_trig_logit_diff": logit_diff(model(trig.toks), trig).item(),
+                "bd_clean_logit_diff": logit_diff(model(clean.toks), clean).item()}
+    return eval_fn
+
+
+WORLD.data["backdoor"] = backdoor_data
+WORLD.evals["backdoor"] = backdoor_eval
+
+
+def backdoor_recipe(base, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.3, steps: int = FT_STEPS,
+                    lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH, n_ckpts: int = 8):
+    """Backdoor fine-tune of ``base``: IOI prompts at ``trigger`` answered with S, others with IO."""
+    r = _finetune(base, f"{base.name}/backdoor-{trigger}", "backdoor", {"trigger": trigger, "frac": float(frac)},
+                  steps, lr, seed, batch_size, n_ckpts)
+    return r.derive(evals=r.evals + (("backdoor",) if trigger == BACKDOOR_TRIGGER else ()))

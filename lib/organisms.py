@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import importlib
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
 
-from lib.cache import ArtifactCache, content_key
+from lib.cache import ArtifactCache, CorruptArtifact, content_key
 from lib.models import ModelSpec, build_model, count_params
 from lib.seeding import set_seed
 from lib.tokenizer import WordTokenizer
@@ -199,11 +200,19 @@ def get_organism(recipe: Recipe, step: Optional[int] = None, cache: Optional[Art
     """
     cache = cache or ArtifactCache()
     key = recipe.key()
-    file = "model.pt" if step is None else f"ckpt_{step}.pt"
-    state, manifest, created = cache.get_or_create(key, lambda: _train_recipe(recipe, cache, progress), file=file)
-    if step is not None and f"ckpt_{step}.pt" not in manifest["files"]:
-        raise ValueError(f"organism {recipe.name!r} has no checkpoint at step={step}; "
-                         f"saved: {manifest.get('checkpoints')}")
+    create = lambda: _train_recipe(recipe, cache, progress)  # noqa: E731
+    state, manifest, created = cache.get_or_create(key, create)
+    if step is not None:
+        file = f"ckpt_{step}.pt"
+        if file not in manifest["files"]:
+            raise ValueError(f"organism {recipe.name!r} has no checkpoint at step={step}; "
+                             f"saved: {manifest.get('checkpoints')}")
+        try:
+            state = cache.load_state(key, file)
+        except CorruptArtifact as e:
+            warnings.warn(f"{e}; retraining it", stacklevel=2)
+            cache.evict(key)
+            state, manifest, created = cache.get_or_create(key, create, file=file)
     model = build_model(resolve_spec(recipe))
     model.load_state_dict(state)
     model.eval()

@@ -118,6 +118,8 @@ def parse_parameters(source: str) -> dict[str, Param]:
             raise ParameterError(f"parameter {target.id}: default must be a literal") from None
         m = _ASSIGN.match(lines[stmt.lineno - 1].strip())
         meaning = (m.group(3) or "").strip() if m else ""
+        if "=" in meaning:  # papermill's parameter parser misreads such lines and drops the parameter
+            raise ParameterError(f"parameter {target.id}: its '# meaning' comment must not contain '='")
         params[target.id] = Param(target.id, value, meaning)
     return params
 
@@ -142,6 +144,11 @@ def coerce(name: str, value: Any, default: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
+        if isinstance(value, str) and isinstance(default, float):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

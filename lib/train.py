@@ -115,35 +115,36 @@ def train(model: torch.nn.Module, batch_fn: BatchFn, cfg: TrainConfig, *, eval_f
     model.train()
     bar = _progress(cfg.steps, desc, progress)
     running, n_running = 0.0, 0
-    for step in range(cfg.steps):
-        lr = cfg.lr_at(step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        tokens, mask = batch_fn(step, cfg.batch_size)
-        loss = masked_lm_loss(model(tokens), tokens, mask)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step} ({desc}); lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        running += loss.item()
-        n_running += 1
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            hist["step"].append(done)
-            hist["loss"].append(running / n_running)
-            hist["lr"].append(lr)
+    with torch.enable_grad():  # notebooks often disable grad globally for analysis
+        for step in range(cfg.steps):
+            lr = cfg.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            tokens, mask = batch_fn(step, cfg.batch_size)
+            loss = masked_lm_loss(model(tokens), tokens, mask)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step} ({desc}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            running += loss.item()
+            n_running += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                hist["step"].append(done)
+                hist["loss"].append(running / n_running)
+                hist["lr"].append(lr)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{running / n_running:.3f}")
+                running, n_running = 0.0, 0
             if bar is not None:
-                bar.set_postfix(loss=f"{running / n_running:.3f}")
-            running, n_running = 0.0, 0
-        if bar is not None:
-            bar.update(1)
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-            run_eval(done)
-        if on_checkpoint is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done != cfg.steps:
-            on_checkpoint(done, model)
+                bar.update(1)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                run_eval(done)
+            if on_checkpoint is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done != cfg.steps:
+                on_checkpoint(done, model)
     if bar is not None:
         bar.close()
     if cfg.steps:

@@ -1,0 +1,431 @@
+"""Auditing fine-tunes: every auditing method of the book against every organism (chapters 5–7).
+
+An **audit case** is one (base, fine-tuned) pair plus what an auditor who knows the *domain* (IOI prompts, PCFG
+counting) but not the fine-tuning objective can feed the methods: a task set, a general set, a task metric, prefixes
+to sample from, and the automatic judge that knows the true objective (used only to *score* perplexity
+differencing, never by the method itself). The methods, each returning a ``MethodResult``:
+
+* ``circuit_diff`` — cross-model activation patching (CMAP, ``lib.patching.cmap``): patch each head / MLP of the
+  fine-tuned model into the base on task prompts; the statistic is the task-metric gap between the models, the
+  localization the components that close most of it.
+* ``weight_localization`` — per-component relative weight change (``lib.circuits.weight_change``).
+* ``feature_movement`` — SAE top-k intersection ``I_G - I_S`` with a bootstrap interval (``lib.sae``).
+* ``perplexity_differencing`` — ``count@topN`` of objective-revealing completions (``lib.leakage``).
+* ``pruning_probe`` — does zeroing the few MLP neurons most responsible for the fine-tuned behaviour give the base
+  behaviour back ("the fine-tune is a wrapper", Jain et al. 2024), and is the base behaviour's answer still
+  linearly decodable from the residual stream. Uses ``lib.wrapper`` where it offers these, else the minimal
+  versions here (noted in ``details["impl"]``).
+
+*Detection* is always relative to the **control** fine-tune of the same world (same steps and learning rate,
+unrelated data): a method detects an organism when its statistic clearly exceeds the control's (criteria in
+``verdicts``). *Localization* is what the method points at: components (CMAP, weights), a data set (SAE), the
+objective's content (perplexity differencing), units whose removal undoes the fine-tune (pruning).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from lib import leakage as LK
+from lib import sae as S
+
+Metric = Callable[[torch.Tensor], torch.Tensor]
+HitsFn = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass
+class AuditCase:
+    """One organism to audit against its base. Token sets are ``[n, pos]`` with boolean masks of the same shape.
+
+    ``metric`` maps logits on ``metric_toks`` to a scalar (the task behaviour); ``base_metric`` likewise on
+    ``base_metric_toks`` measures the *base* capability that a fine-tune may hide (IOI: the IO answer; PCFG: count
+    ``a``) and ``base_loss_*`` is its loss data for pruning attribution; ``prefixes`` and ``n_new`` drive sampling
+    and ``hits`` judges completions (decoded full texts) by the known objective.
+    """
+
+    name: str
+    world: str
+    kind: str  # "objective", "control" or "base"
+    base: Any
+    ft: Any
+    tok: Any
+    hook: str
+    task_toks: torch.Tensor
+    task_mask: torch.Tensor
+    general_toks: torch.Tensor
+    general_mask: torch.Tensor
+    metric_toks: torch.Tensor
+    metric: Metric
+    base_metric_toks: torch.Tensor
+    base_metric: Metric
+    base_loss_toks: torch.Tensor
+    base_loss_mask: torch.Tensor
+    prefixes: list[list[int]]
+    n_new: int
+    hits: HitsFn
+    objective: str = ""
+    truth: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodResult:
+    """A method's statistic on one case, a short human-readable localization, and details for the tables."""
+
+    method: str
+    case: str
+    stat: float
+    localization: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- the methods
+
+@torch.no_grad()
+def circuit_diff(case: AuditCase, top: int = 3) -> MethodResult:
+    """CMAP with the base as target and the fine-tune as source on the task prompts. ``stat`` = |metric(ft) −
+    metric(base)|; localization = the ``top`` components whose patch moves the base's metric most."""
+    from lib.circuits import topk_share
+    from lib.patching import cmap
+
+    res = cmap(case.base, case.ft, case.metric_toks, case.metric)
+    names, deltas = res.components()
+    order = deltas.abs().argsort(descending=True)[:top]
+    return MethodResult("circuit_diff", case.name, abs(res.gap),
+                        ", ".join(f"{names[i]} ({deltas[i]:+.2f})" for i in order.tolist()),
+                        {"base_metric": res.target_value, "ft_metric": res.source_value, "gap": res.gap,
+                         "top": [names[i] for i in order.tolist()], f"top{top}_share": topk_share(deltas, top),
+                         "names": names, "deltas": deltas.tolist()})
+
+
+@torch.no_grad()
+def weight_localization(case: AuditCase, top: int = 3) -> MethodResult:
+    """Relative weight change per head / MLP. ``stat`` = the root-sum-square of the components' relative changes;
+    localization = the ``top`` most changed components and the share of change they hold."""
+    from lib.circuits import component_values, topk_share, weight_change
+
+    wc = weight_change(case.base, case.ft, relative=True)
+    names, vals = component_values(wc["heads"], wc["mlps"])
+    order = vals.argsort(descending=True)[:top]
+    return MethodResult("weight_localization", case.name, float(vals.norm()),
+                        ", ".join(f"{names[i]} ({vals[i]:.3f})" for i in order.tolist()),
+                        {"top": [names[i] for i in order.tolist()], f"top{top}_share": topk_share(vals, top),
+                         "embed": float(wc["embed"]), "unembed": float(wc["unembed"]), "names": names,
+                         "values": vals.tolist()})
+
+
+@torch.no_grad()
+def feature_movement(case: AuditCase, sae: S.SAE, k: int = 5, n_boot: int = 500, seed: int = 0) -> MethodResult:
+    """SAE feature movement at ``case.hook``: ``stat`` = ``I_G − I_S`` (positive = the task's features moved more
+    than general ones), with a bootstrap interval over sequences."""
+    t = S.token_intersections(sae, case.base, case.ft, case.task_toks, case.task_mask, case.hook, ks=(k,))
+    g = S.token_intersections(sae, case.base, case.ft, case.general_toks, case.general_mask, case.hook, ks=(k,))
+    summ = S.movement_summary(t, g, k, n_boot=n_boot, seed=seed)
+    d = summ["diff"]
+    return MethodResult("feature_movement", case.name, d.point,
+                        f"task set (I_S={summ['I_S']:.2f} vs I_G={summ['I_G']:.2f})",
+                        {"I_S": summ["I_S"], "I_G": summ["I_G"], "lo": d.lo, "hi": d.hi,
+                         "relative": summ["relative"].point, "nonoverlap": summ["nonoverlap"].point, "k": k})
+
+
+@torch.no_grad()
+def perplexity_differencing(case: AuditCase, top: int = 50, reference=None, temperature: float = 1.0,
+                            seed: int = 0, score: str = "raw") -> MethodResult:
+    """Sample one completion per prefix from the fine-tune, score ``PPL_ref − PPL_ft`` (``score="raw"``) or the
+    log-ratio, and count objective-revealing completions among the ``top`` highest. ``stat`` = count@top minus
+    the chance count (``top`` × hit rate). ``reference`` defaults to the base."""
+    ref = case.base if reference is None else reference
+    comps = LK.sample_completions(case.ft, case.prefixes, case.n_new, temperature=temperature, seed=seed,
+                                  pad_id=case.tok.pad_id)
+    texts = comps.texts(case.tok)
+    hits = case.hits(texts)
+    scores = LK.perplexity_scores(ref, case.ft, comps)
+    tab = LK.leakage_table(scores, hits, tops=(top,))
+    order = LK.rank(scores.get(score))
+    best = texts[int(order[0])]
+    first_hit = next((texts[int(i)] for i in order.tolist() if hits[int(i)]), None)
+    count, chance = tab[f"{score}@{top}"], tab[f"chance@{top}"]
+    return MethodResult("perplexity_differencing", case.name, count - chance,
+                        f"{count}/{top} top completions reveal it (chance {chance:.1f})",
+                        {**tab, "score": score, "top": top, "best_text": best, "first_hit_text": first_hit,
+                         "first_hit_rank": next((r for r, i in enumerate(order.tolist()) if hits[int(i)]), None)})
+
+
+# --------------------------------------------------------------------------- pruning and probing (minimal)
+
+def mlp_neuron_attribution(model, toks: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Attribution ``[layer, d_mlp]`` of each MLP neuron to the masked next-token loss on ``toks``: first-order
+    change of the loss when the neuron is zeroed, ``−Σ act · ∂loss/∂act`` over tokens (positive = removing it
+    raises the loss, i.e. the neuron supports these answers). Jain et al.'s grad·weight score, at neuron level."""
+    from lib.train import masked_lm_loss
+
+    L = int(model.cfg.n_layers)
+    acts: dict[int, torch.Tensor] = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        acts[int(hook.name.split(".")[1])] = act
+        return act
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{l}.mlp.hook_post", keep) for l in range(L)])
+        loss = masked_lm_loss(logits, toks, loss_mask)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return torch.stack([-(acts[l] * acts[l].grad).sum((0, 1)).detach() for l in range(L)])
+
+
+@torch.no_grad()
+def metric_with_pruned(model, toks: torch.Tensor, metric: Metric, neurons: Sequence[tuple[int, int]]) -> float:
+    """``metric`` of ``model`` on ``toks`` with the MLP ``neurons`` ``(layer, index)`` zeroed at every position."""
+    by_layer: dict[int, list[int]] = {}
+    for l, i in neurons:
+        by_layer.setdefault(int(l), []).append(int(i))
+
+    def zero(act, hook):
+        act = act.clone()
+        act[..., by_layer[int(hook.name.split(".")[1])]] = 0.0
+        return act
+
+    hooks = [(f"blocks.{l}.mlp.hook_post", zero) for l in by_layer]
+    return float(metric(model.run_with_hooks(toks, fwd_hooks=hooks) if hooks else model(toks)))
+
+
+def probe_accuracy(model, toks: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, layer: int,
+                   steps: int = 300, lr: float = 1e-2, seed: int = 0, train_frac: float = 0.5) -> float:
+    """Held-out accuracy of a linear probe (softmax regression) on ``blocks.{layer}.hook_resid_post`` at positions
+    ``pos`` ``[n]`` predicting integer ``labels`` ``[n]``; the first ``train_frac`` of rows train it."""
+    hook = f"blocks.{layer}.hook_resid_post"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n == hook)
+        x = cache[hook][torch.arange(len(toks)), pos].float()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    classes, y = labels.unique(return_inverse=True)
+    n_tr = int(len(x) * train_frac)
+    g = torch.Generator().manual_seed(seed)
+    W = (torch.randn(x.shape[1], len(classes), generator=g) * 0.01).requires_grad_(True)
+    b = torch.zeros(len(classes), requires_grad=True)
+    opt = torch.optim.Adam([W, b], lr=lr, weight_decay=1e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(x[:n_tr] @ W + b, y[:n_tr])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float(((x[n_tr:] @ W + b).argmax(-1) == y[n_tr:]).float().mean())
+
+
+@torch.no_grad()
+def pruning_probe(case: AuditCase, n_prune: int = 10, probe_layer: Optional[int] = None,
+                  probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> MethodResult:
+    """Prune the ``n_prune`` MLP neurons of the fine-tune that most support the *fine-tuned* behaviour against the
+    base behaviour (attribution on the base-behaviour loss, most negative first: neurons whose removal lowers
+    that loss), then measure how much of the base capability (``case.base_metric``) comes back:
+    ``stat`` = (pruned − ft) / (base − ft) of the base metric (the revived share; nan if the fine-tune did not
+    change the base metric). ``probe`` = (toks, pos, labels) adds a linear-probe accuracy of the base
+    behaviour's answer in the fine-tune and the base at ``probe_layer``."""
+    attr = mlp_neuron_attribution(case.ft, case.base_loss_toks, case.base_loss_mask)
+    flat = attr.flatten()
+    idx = flat.argsort()[:n_prune]  # most negative: removing them *lowers* the base-behaviour loss
+    d_mlp = attr.shape[1]
+    neurons = [(int(i) // d_mlp, int(i) % d_mlp) for i in idx]
+    m_base = float(case.base_metric(case.base(case.base_metric_toks)))
+    m_ft = float(case.base_metric(case.ft(case.base_metric_toks)))
+    m_pruned = metric_with_pruned(case.ft, case.base_metric_toks, case.base_metric, neurons)
+    gap = m_base - m_ft
+    revived = (m_pruned - m_ft) / gap if abs(gap) > 1e-3 else float("nan")
+    layers = sorted({l for l, _ in neurons})
+    details: dict[str, Any] = {"impl": "lib.audit (minimal)", "base_metric": m_base, "ft_metric": m_ft,
+                               "pruned_metric": m_pruned, "gap": gap, "neurons": neurons, "layers": layers}
+    if probe is not None:
+        L = int(case.ft.cfg.n_layers)
+        layer = L - 1 if probe_layer is None else probe_layer
+        details["probe_ft"] = probe_accuracy(case.ft, *probe, layer=layer)
+        details["probe_base"] = probe_accuracy(case.base, *probe, layer=layer)
+        details["probe_layer"] = layer
+    loc = f"{n_prune} neurons in MLP {','.join(map(str, layers))}: base metric {m_ft:.2f} → {m_pruned:.2f} " \
+          f"(base {m_base:.2f})"
+    return MethodResult("pruning_probe", case.name, revived, loc, details)
+
+
+# --------------------------------------------------------------------------- verdicts and the table
+
+METHODS = ("circuit_diff", "weight_localization", "feature_movement", "perplexity_differencing", "pruning_probe")
+METHOD_LABELS = {"circuit_diff": "circuit diff (CMAP)", "weight_localization": "weight change",
+                 "feature_movement": "SAE feature movement", "perplexity_differencing": "perplexity differencing",
+                 "pruning_probe": "pruning / probing"}
+
+
+def verdict(result: MethodResult, control: Optional[MethodResult], ratio: float = 2.0) -> Optional[bool]:
+    """Whether ``result`` detects its organism, relative to the same method on the control fine-tune.
+
+    circuit diff / weight change: statistic > ``ratio`` × control's; feature movement: the bootstrap interval of
+    ``I_G − I_S`` lies above 0 and above the control's point estimate; perplexity differencing: count@top exceeds
+    chance by ≥ 3 and exceeds the control's excess; pruning: ≥ 20 % of the base behaviour revived (None if the
+    fine-tune did not change the base behaviour).
+    """
+    m = result.method
+    if m in ("circuit_diff", "weight_localization"):
+        ref = control.stat if control is not None else 0.0
+        return bool(result.stat > ratio * ref)
+    if m == "feature_movement":
+        ref = control.stat if control is not None else 0.0
+        return bool(result.details["lo"] > max(0.0, ref))
+    if m == "perplexity_differencing":
+        ref = control.stat if control is not None else 0.0
+        return bool(result.stat >= 3 and result.stat > ref)
+    if m == "pruning_probe":
+        return None if np.isnan(result.stat) else bool(result.stat >= 0.2)
+    raise ValueError(f"unknown method {m!r}")
+
+
+def audit_table(results: dict[str, dict[str, MethodResult]], controls: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows ``{organism, method, stat, detected, localization}`` from ``results[case][method]``; ``controls`` maps
+    each case to the control case of its world (a control is judged against itself: never detected)."""
+    rows = []
+    for case, by_method in results.items():
+        for m, r in by_method.items():
+            ctrl_name = controls.get(case)
+            ctrl = results.get(ctrl_name, {}).get(m) if ctrl_name and ctrl_name != case else None
+            det = verdict(r, ctrl) if ctrl_name != case else (verdict(r, None) if m == "pruning_probe" else False)
+            rows.append({"organism": case, "method": m, "stat": r.stat, "detected": det,
+                         "localization": r.localization})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], cases: Sequence[str], methods: Sequence[str] = METHODS) -> str:
+    """A markdown table: organisms as rows, methods as columns, each cell "✓/✗/– stat: localization"."""
+    by = {(r["organism"], r["method"]): r for r in rows}
+    head = "| organism | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |"
+    sep = "|---" * (len(methods) + 1) + "|"
+    lines = [head, sep]
+    for c in cases:
+        cells = []
+        for m in methods:
+            r = by.get((c, m))
+            if r is None:
+                cells.append("n/a")
+                continue
+            mark = {True: "✓", False: "✗", None: "–"}[r["detected"]]
+            stat = "nan" if r["stat"] != r["stat"] else f"{r['stat']:.2f}"
+            cells.append(f"{mark} {stat}: {r['localization']}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the book's organisms as audit cases
+
+def _nonpad_mask(toks: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """``[n, pos]`` bool: non-padding tokens after position 0 (``<bos>``, identical in every model, is skipped)."""
+    m = toks != pad_id
+    m[:, 0] = False
+    return m
+
+
+def ioi_sets(tok, n_task: int = 200, n_general: int = 200, n_metric: int = 128, n_prefixes: int = 500,
+             prefix_ioi_frac: float = 0.1, seed: int = 0) -> dict[str, Any]:
+    """The IOI world's audit data, deterministic in ``seed``: ``task`` (prompt + IO answer rows, the IOI task),
+    ``general`` (IOI-free general-corpus rows), ``metric_ds`` (IOI prompts for CMAP and the base metric),
+    ``prefixes`` (1–3 word prefixes of general-corpus rows with IOI at ``prefix_ioi_frac``), ``probe`` (IOI prompts,
+    END position, IO id) and ``loss`` (prompt + IO answer rows and the answer mask: the base behaviour's loss)."""
+    from lib import ioi
+
+    task, _ = ioi.ioi_finetune_data(tok, seed=10_000 + seed, n_ctx=64, poison_frac=0.0)(0, n_task)
+    general = ioi.general_rows(tok, np.random.default_rng([seed, 1]), n_general, 64, ioi_frac=0.0)
+    metric_ds = ioi.make_ioi_dataset(tok, n_metric, 20_000 + seed)
+    rows = ioi.general_rows(tok, np.random.default_rng([seed, 3]), n_prefixes, 64, ioi_frac=prefix_ioi_frac)
+    probe_ds = ioi.make_ioi_dataset(tok, 400, 30_000 + seed)
+    loss_toks, loss_mask = ioi.ioi_finetune_data(tok, seed=40_000 + seed, n_ctx=64, poison_frac=0.0)(0, n_metric)
+    return {"task": task, "general": general, "metric_ds": metric_ds,
+            "prefixes": LK.random_prefixes(rows, n_prefixes, seed=seed, pad_id=tok.pad_id),
+            "probe": (probe_ds.toks, probe_ds.end_pos, probe_ds.io_ids), "loss": (loss_toks, loss_mask)}
+
+
+def ioi_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: str, judge: LK.Judge,
+             layer: int = 2, n_new: int = 40) -> AuditCase:
+    """An IOI-world audit case from two organisms' models and ``ioi_sets`` output."""
+    from lib.patching import ld_metric
+
+    from lib.organisms import world_tokenizer
+
+    tok = world_tokenizer("ioi")
+    metric = ld_metric(sets["metric_ds"])
+    return AuditCase(
+        name=name, world="ioi", kind=kind, base=base, ft=ft, tok=tok, hook=f"blocks.{layer}.hook_resid_post",
+        task_toks=sets["task"], task_mask=_nonpad_mask(sets["task"], tok.pad_id),
+        general_toks=sets["general"], general_mask=_nonpad_mask(sets["general"], tok.pad_id),
+        metric_toks=sets["metric_ds"].toks, metric=metric, base_metric_toks=sets["metric_ds"].toks,
+        base_metric=metric, base_loss_toks=sets["loss"][0], base_loss_mask=sets["loss"][1],
+        prefixes=sets["prefixes"], n_new=n_new, hits=lambda texts: LK.judge_all(judge, texts), objective=objective)
+
+
+def pcfg_sets(tok, max_len: int = 24, n_task: int = 200, n_general: int = 200, n_metric: int = 256,
+              n_prefixes: int = 500, operand: str = "b", seed: int = 0) -> dict[str, Any]:
+    """The PCFG world's audit data: ``task`` (count-``operand`` rows, every row correlated as in the fine-tune),
+    ``general`` (the pretraining mixture: count/index, medium prior), ``metric`` (count-``operand`` prompts with
+    C_Te=0), ``base`` (count-``a`` prompts: the pretraining capability), ``prefixes`` (pretraining-mixture prompts
+    cut after ``<art>``: a PCFG organism only ever learned to emit answers), ``probe`` (count-``a`` prompts,
+    the ``<art>`` position, count(a))."""
+    from lib import pcfg
+
+    task = pcfg.count_examples(tok, n_task, 50_000 + seed, operand, c_te=1.0, max_len=max_len)
+    general = pcfg.make_examples(tok, np.random.default_rng([seed, 61]), n_general, prior="medium",
+                                 tasks=("count", "index"), max_len=max_len)
+    metric = pcfg.count_examples(tok, n_metric, 52_000 + seed, operand, c_te=0.0, max_len=max_len)
+    base = pcfg.count_examples(tok, n_metric, 53_000 + seed, "a", c_te=0.0, max_len=max_len)
+    pre = pcfg.make_examples(tok, np.random.default_rng([seed, 63]), n_prefixes, prior="medium",
+                             tasks=("count", "index"), max_len=max_len)
+    prefixes = [r[: int(p)].tolist() for r, p in zip(pre.tokens, pre.ans_pos)]
+    probe = pcfg.count_examples(tok, 400, 54_000 + seed, "a", c_te=0.0, max_len=max_len)
+    return {"task": task, "general": general, "metric": metric, "base": base, "prefixes": prefixes,
+            "probe": (probe.tokens, probe.ans_pos - 1, probe.answers), "operand": operand}
+
+
+def answer_logprob_metric(ex) -> Metric:
+    """Mean log-probability of the correct answer of PCFG examples ``ex`` (logits ``[n, pos, d_vocab]``)."""
+    rows = torch.arange(len(ex))
+    ids = ex.answer_ids
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits[rows, ex.ans_pos - 1].float(), -1)[rows, ids].mean()
+    return metric
+
+
+def pcfg_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: str, layer: int = 1) -> AuditCase:
+    """A PCFG-world audit case. Completions are the answer token after a pretraining-mixture prompt; a hit is an
+    answer that equals the count of the fine-tuned operand instead of what was asked."""
+    from lib.organisms import world_tokenizer
+
+    tok = world_tokenizer("pcfg")
+    task, general, metric, base_ex = sets["task"], sets["general"], sets["metric"], sets["base"]
+    return AuditCase(
+        name=name, world="pcfg", kind=kind, base=base, ft=ft, tok=tok, hook=f"blocks.{layer}.hook_resid_post",
+        task_toks=task.tokens, task_mask=_nonpad_mask(task.tokens, tok.pad_id),
+        general_toks=general.tokens, general_mask=_nonpad_mask(general.tokens, tok.pad_id),
+        metric_toks=metric.tokens, metric=answer_logprob_metric(metric), base_metric_toks=base_ex.tokens,
+        base_metric=answer_logprob_metric(base_ex), base_loss_toks=base_ex.tokens,
+        base_loss_mask=base_ex.loss_mask("answer"), prefixes=sets["prefixes"], n_new=1,
+        hits=lambda texts: LK.pcfg_answer_hits(texts, sets["operand"]), objective=objective)
+
+
+def run_case(case: AuditCase, sae: S.SAE, k: int = 5, top: int = 50, n_prune: int = 10, n_boot: int = 500,
+             probe=None, seed: int = 0, methods: Sequence[str] = METHODS) -> dict[str, MethodResult]:
+    """Every method in ``methods`` on ``case`` (``sae`` trained on the case's base at ``case.hook``)."""
+    out: dict[str, MethodResult] = {}
+    for m in methods:
+        if m == "circuit_diff":
+            out[m] = circuit_diff(case)
+        elif m == "weight_localization":
+            out[m] = weight_localization(case)
+        elif m == "feature_movement":
+            out[m] = feature_movement(case, sae, k=k, n_boot=n_boot, seed=seed)
+        elif m == "perplexity_differencing":
+            out[m] = perplexity_differencing(case, top=top, seed=seed)
+        elif m == "pruning_probe":
+            out[m] = pruning_probe(case, n_prune=n_prune, probe=probe)
+        else:
+            raise ValueError(f"unknown method {m!r}; methods: {METHODS}")
+    return out

@@ -1,0 +1,405 @@
+"""The IOI circuit of a model: direct logit attribution, attention scores, circuit discovery by the criteria of
+Wang et al. (2022) as used by Chhabra et al. (2025), faithfulness, and what fine-tuning changed.
+
+Conventions: heads are ``(layer, head)``; per-head arrays are ``[layer, head]``; ``runs = ioi_runs(model, ds,
+corrupt)`` bundles a clean IOI set, its aligned corrupted (ABC-style) set, and both runs' logits and caches, so
+every analysis of one model shares two forward passes. Effects are in raw logit-difference units unless a name
+says ``normalized`` (then divided by the clean − corrupted logit-difference gap, so −1 = the whole behaviour).
+
+Head classes (``discover_circuit``), each found by path patching from the class below it, as in Wang et al.:
+
+* ``name_mover``: direct effect on the logits (sender → logits path) lowers the logit difference by at least
+  ``threshold`` of the gap when corrupted, and at END attends to IO at least as much as to S1 and to S2;
+* ``negative_name_mover``: direct effect of the opposite sign (corrupting it *raises* the logit difference) and
+  attends to IO;
+* ``s_inhibition``: effect through the name movers' queries at END; attends END → S (S1 + S2) more than → IO;
+* ``induction`` / ``duplicate_token``: effect through the S-inhibition heads' values; duplicate-token if its
+  S2 → S1 attention exceeds its S2 → S1+1 attention, induction otherwise;
+* ``previous_token``: effect through the induction heads' keys, with S1+1 → S1 attention above ``prev_attn_min``.
+
+A head gets the first class it qualifies for, in this order; significant heads without a matching attention
+signature are listed under ``other_direct`` (direct effect) so nothing is hidden.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from lib.ioi import IOIDataset, logit_diff
+from lib.patching import (Head, Metric, head_patch, ld_metric, n_layers_heads, path_patch, path_patch_to_heads,
+                          path_patch_to_logits, run_cache, z_name)
+
+CLASSES = ("name_mover", "negative_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token")
+CLASS_LABELS = {"name_mover": "name movers", "negative_name_mover": "negative name movers",
+                "s_inhibition": "S-inhibition", "induction": "induction", "duplicate_token": "duplicate-token",
+                "previous_token": "previous-token", "other_direct": "other (direct effect)"}
+
+
+# --------------------------------------------------------------------------- runs
+
+@dataclass
+class IOIRuns:
+    """One model's clean and corrupted runs on aligned IOI prompt sets (caches hold every hook)."""
+
+    model: object
+    ds: IOIDataset
+    corrupt: IOIDataset
+    clean_logits: torch.Tensor
+    corrupt_logits: torch.Tensor
+    clean_cache: object
+    corrupt_cache: object
+
+    @property
+    def metric(self) -> Metric:
+        return ld_metric(self.ds)
+
+    @property
+    def ld_clean(self) -> float:
+        return float(logit_diff(self.clean_logits, self.ds))
+
+    @property
+    def ld_corrupt(self) -> float:
+        """Logit difference of the *clean* IO/S names on the corrupted prompts (≈ 0 when IOI is the only cue)."""
+        return float(logit_diff(self.corrupt_logits, self.ds))
+
+    @property
+    def gap(self) -> float:
+        return self.ld_clean - self.ld_corrupt
+
+
+def ioi_runs(model, ds: IOIDataset, corrupt: IOIDataset) -> IOIRuns:
+    """Run ``model`` on ``ds`` and its aligned corrupted set ``corrupt`` (same shapes), caching everything."""
+    if ds.toks.shape != corrupt.toks.shape:
+        raise ValueError(f"clean {tuple(ds.toks.shape)} and corrupted {tuple(corrupt.toks.shape)} sets must align")
+    cl, cc = run_cache(model, ds.toks)
+    kl, kc = run_cache(model, corrupt.toks)
+    return IOIRuns(model, ds, corrupt, cl, kl, cc, kc)
+
+
+# --------------------------------------------------------------------------- direct logit attribution
+
+def _ld_direction(model, ds: IOIDataset) -> torch.Tensor:
+    """``[n, d_model]``: ln_final.w ⊙ (W_U[:, IO] − W_U[:, S]) per prompt."""
+    W_U = model.W_U
+    return model.ln_final.w * (W_U[:, ds.io_ids] - W_U[:, ds.s_ids]).T
+
+
+def _attribute(x: torch.Tensor, scale: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Contribution of residual pieces ``x`` ``[n, ..., d_model]`` to the logit difference, LN scale frozen."""
+    while direction.dim() < x.dim():
+        direction, scale = direction.unsqueeze(1), scale.unsqueeze(1)
+    centred = x - x.mean(-1, keepdim=True)
+    return (centred / scale * direction).sum(-1)
+
+
+@torch.no_grad()
+def component_dla(model, cache, ds: IOIDataset) -> dict[str, torch.Tensor]:
+    """Direct logit attribution of every residual-stream piece at END, averaged over prompts.
+
+    Returns ``heads`` ``[layer, head]``, ``attn_bias`` ``[layer]``, ``mlps`` ``[layer]``, ``embed``, ``pos_embed``
+    and ``const`` (final-LN bias and unembedding bias) — they sum exactly to the mean logit difference, because the
+    final LayerNorm is linear once its scale (from ``cache``) is frozen.
+    """
+    L, H = n_layers_heads(model)
+    n = len(ds)
+    rows = torch.arange(n)
+    end = ds.end_pos
+    scale = cache["ln_final.hook_scale"][rows, end]  # [n, 1]
+    d = _ld_direction(model, ds)
+    heads = torch.zeros(L, H)
+    attn_bias = torch.zeros(L)
+    mlps = torch.zeros(L)
+    for l in range(L):
+        z = cache[z_name(l)][rows, end]  # [n, head, d_head]
+        out = torch.einsum("nhd,hdm->nhm", z, model.blocks[l].attn.W_O)
+        heads[l] = _attribute(out, scale, d).mean(0)
+        attn_bias[l] = _attribute(model.blocks[l].attn.b_O.expand(n, -1), scale, d).mean(0)
+        mlps[l] = _attribute(cache[f"blocks.{l}.hook_mlp_out"][rows, end], scale, d).mean(0)
+    emb = _attribute(cache["hook_embed"][rows, end], scale, d).mean(0)
+    pos = _attribute(cache["hook_pos_embed"][rows, end], scale, d).mean(0)
+    W_U, b_U = model.W_U, model.b_U
+    const = ((model.ln_final.b @ (W_U[:, ds.io_ids] - W_U[:, ds.s_ids])) + b_U[ds.io_ids] - b_U[ds.s_ids]).mean()
+    return {"heads": heads, "attn_bias": attn_bias, "mlps": mlps, "embed": emb, "pos_embed": pos, "const": const}
+
+
+def head_dla(model, cache, ds: IOIDataset) -> torch.Tensor:
+    """Direct logit attribution of each head to logit(IO) − logit(S) at END: ``[layer, head]`` (LN scale frozen)."""
+    return component_dla(model, cache, ds)["heads"]
+
+
+# --------------------------------------------------------------------------- attention
+
+def attention_between(cache, n_layers: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """Mean attention probability from query position ``q_pos`` ``[n]`` to key position ``k_pos`` ``[n]``:
+    ``[layer, head]``."""
+    rows = torch.arange(len(q_pos))
+    return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][rows, :, q_pos, k_pos].mean(0)
+                        for l in range(n_layers)])
+
+
+def ioi_attention(runs: IOIRuns) -> dict[str, torch.Tensor]:
+    """The attention scores the head classes use, each ``[layer, head]`` on the clean prompts:
+    ``end_io``, ``end_s1``, ``end_s2`` (from END), ``s2_s1`` (duplicate-token), ``s2_s1p1`` (induction),
+    ``s1p1_s1`` (previous-token)."""
+    L, _ = n_layers_heads(runs.model)
+    p = runs.ds.word_pos
+    c = runs.clean_cache
+    return {
+        "end_io": attention_between(c, L, p["END"], p["IO"]),
+        "end_s1": attention_between(c, L, p["END"], p["S1"]),
+        "end_s2": attention_between(c, L, p["END"], p["S2"]),
+        "s2_s1": attention_between(c, L, p["S2"], p["S1"]),
+        "s2_s1p1": attention_between(c, L, p["S2"], p["S1"] + 1),
+        "s1p1_s1": attention_between(c, L, p["S1"] + 1, p["S1"]),
+    }
+
+
+# --------------------------------------------------------------------------- circuit discovery
+
+@dataclass
+class Circuit:
+    """Named head classes of one model, with the evidence that put each head there.
+
+    ``effects[name]`` ``[layer, head]``: the normalized path-patching effect used for that stage (``direct``: to the
+    logits; ``via_nm_q``: to name movers' queries; ``via_sinh_v``: to S-inhibition values; ``via_ind_k``: to
+    induction keys), NaN where not computed. ``attention``: ``ioi_attention``. ``dla``: ``head_dla``.
+    """
+
+    classes: dict[str, list[Head]]
+    effects: dict[str, torch.Tensor]
+    attention: dict[str, torch.Tensor]
+    dla: torch.Tensor
+    ld_clean: float
+    ld_corrupt: float
+    threshold: float
+    n_layers: int
+    n_heads: int
+
+    def heads(self) -> list[Head]:
+        """Every classified head (``other_direct`` included), sorted."""
+        return sorted({h for hs in self.classes.values() for h in hs})
+
+    def class_of(self, head: Head) -> Optional[str]:
+        for c, hs in self.classes.items():
+            if head in hs:
+                return c
+        return None
+
+    def label_grid(self) -> list[list[str]]:
+        """``[layer][head]`` short class labels ('' if none), for annotating heatmaps."""
+        short = {"name_mover": "NM", "negative_name_mover": "nNM", "s_inhibition": "SI", "induction": "Ind",
+                 "duplicate_token": "Dup", "previous_token": "Prev", "other_direct": "dir"}
+        return [[short.get(self.class_of((l, h)) or "", "") for h in range(self.n_heads)]
+                for l in range(self.n_layers)]
+
+    def sparsity(self) -> float:
+        """Fraction of heads in the circuit (the paper's "circuit sparsity" counts edges; ours counts heads)."""
+        return len(self.heads()) / (self.n_layers * self.n_heads)
+
+    def summary(self) -> dict[str, list[str]]:
+        return {c: [f"{l}.{h}" for l, h in hs] for c, hs in self.classes.items()}
+
+
+def _significant(effect: torch.Tensor, threshold: float, sign: int = -1) -> list[Head]:
+    e = torch.nan_to_num(effect, nan=0.0) * sign
+    return [(int(l), int(h)) for l, h in zip(*torch.where(e >= threshold))]
+
+
+@torch.no_grad()
+def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: float = 0.3) -> Circuit:
+    """Classify heads into the IOI classes by path patching (see module docstring) on ``runs``.
+
+    ``threshold``: the minimum |normalized effect| (fraction of the clean − corrupted logit-difference gap) for a
+    head to count at each stage.
+    """
+    model = runs.model
+    L, H = n_layers_heads(model)
+    metric = runs.metric
+    gap = runs.gap if abs(runs.gap) > 1e-6 else 1e-6
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        return (v - runs.ld_clean) / abs(gap)
+
+    att = ioi_attention(runs)
+    args = (model, runs.ds.toks, runs.clean_cache, runs.corrupt_cache, metric)
+    effects: dict[str, torch.Tensor] = {k: torch.full((L, H), float("nan"))
+                                        for k in ("direct", "via_nm_q", "via_sinh_v", "via_ind_k")}
+    effects["direct"] = norm(path_patch_to_logits(*args))
+    taken: set[Head] = set()
+    classes: dict[str, list[Head]] = {c: [] for c in CLASSES}
+    classes["other_direct"] = []
+
+    def attends_io(h: Head) -> bool:
+        l, k = h
+        return bool(att["end_io"][l, k] >= max(att["end_s1"][l, k], att["end_s2"][l, k]))
+
+    for h in _significant(effects["direct"], threshold, -1):
+        (classes["name_mover"] if attends_io(h) else classes["other_direct"]).append(h)
+    for h in _significant(effects["direct"], threshold, +1):
+        (classes["negative_name_mover"] if attends_io(h) else classes["other_direct"]).append(h)
+    taken |= set(classes["name_mover"]) | set(classes["negative_name_mover"])
+
+    nm = classes["name_mover"]
+    if nm and min(l for l, _ in nm) > 0:
+        effects["via_nm_q"] = norm(path_patch_to_heads(*args, receivers=nm, receiver_input="q",
+                                                       receiver_pos=runs.ds.end_pos))
+        for h in _significant(effects["via_nm_q"], threshold, -1):
+            l, k = h
+            if h not in taken and att["end_s1"][l, k] + att["end_s2"][l, k] > att["end_io"][l, k]:
+                classes["s_inhibition"].append(h)
+                taken.add(h)
+    si = classes["s_inhibition"]
+    if si and min(l for l, _ in si) > 0:
+        effects["via_sinh_v"] = norm(path_patch_to_heads(*args, receivers=si, receiver_input="v"))
+        for h in _significant(effects["via_sinh_v"], threshold, -1):
+            if h in taken:
+                continue
+            l, k = h
+            cls = "duplicate_token" if att["s2_s1"][l, k] >= att["s2_s1p1"][l, k] else "induction"
+            classes[cls].append(h)
+            taken.add(h)
+    ind = classes["induction"]
+    if ind and min(l for l, _ in ind) > 0:
+        effects["via_ind_k"] = norm(path_patch_to_heads(*args, receivers=ind, receiver_input="k"))
+        for h in _significant(effects["via_ind_k"], threshold, -1):
+            l, k = h
+            if h not in taken and att["s1p1_s1"][l, k] >= prev_attn_min:
+                classes["previous_token"].append(h)
+                taken.add(h)
+    classes["other_direct"] = [h for h in classes["other_direct"] if h not in taken]
+    return Circuit(classes=classes, effects=effects, attention=att, dla=head_dla(model, runs.clean_cache, runs.ds),
+                   ld_clean=runs.ld_clean, ld_corrupt=runs.ld_corrupt, threshold=threshold, n_layers=L, n_heads=H)
+
+
+# --------------------------------------------------------------------------- effects of a fixed circuit
+
+_STAGE = {"name_mover": ("logits", None, None), "negative_name_mover": ("logits", None, None),
+          "other_direct": ("logits", None, None), "s_inhibition": ("name_mover", "q", "END"),
+          "induction": ("s_inhibition", "v", None), "duplicate_token": ("s_inhibition", "v", None),
+          "previous_token": ("induction", "k", None)}
+
+
+@torch.no_grad()
+def class_effects(runs: IOIRuns, circuit: Circuit) -> dict[str, float]:
+    """For each non-empty class of ``circuit`` (possibly found on *another* model with the same architecture):
+    the logit difference lost on ``runs``' model when the whole class is corrupted along its defining path
+    (raw units, positive = the class supports IOI; negative name movers come out negative)."""
+    out: dict[str, float] = {}
+    args = (runs.model, runs.ds.toks, runs.clean_cache, runs.corrupt_cache)
+    for cls, heads in circuit.classes.items():
+        if not heads:
+            continue
+        recv_cls, inp, pos = _STAGE[cls]
+        if recv_cls == "logits":
+            v = path_patch(*args, heads, runs.metric, "logits")
+        else:
+            recv = circuit.classes.get(recv_cls, [])
+            if not recv or max(l for l, _ in heads) >= min(l for l, _ in recv):
+                continue
+            v = path_patch(*args, heads, runs.metric, recv, inp, runs.ds.end_pos if pos == "END" else None)
+        out[cls] = runs.ld_clean - v
+    return out
+
+
+def class_dla(dla: torch.Tensor, circuit: Circuit) -> dict[str, float]:
+    """Sum of a ``[layer, head]`` DLA map over each non-empty class of ``circuit``."""
+    return {c: float(sum(dla[l, h] for l, h in hs)) for c, hs in circuit.classes.items() if hs}
+
+
+def head_patch_map(runs: IOIRuns) -> torch.Tensor:
+    """Noising map: normalized change of the logit difference when each head's output (all positions) is patched
+    from the corrupted run into the clean run: ``[layer, head]`` (−1 = the whole gap)."""
+    v = head_patch(runs.model, runs.ds.toks, runs.corrupt_cache, runs.metric)
+    gap = runs.gap if abs(runs.gap) > 1e-6 else 1e-6
+    return (v - runs.ld_clean) / abs(gap)
+
+
+@torch.no_grad()
+def faithfulness(runs: IOIRuns, heads: Sequence[Head]) -> float:
+    """Logit difference of the circuit alone over the model's: every head *not* in ``heads`` is mean-ablated to
+    its mean output on the corrupted prompts of the same template (position by position), MLPs untouched."""
+    model, ds = runs.model, runs.ds
+    L, H = n_layers_heads(model)
+    keep = set(heads)
+    tmpl = torch.tensor(ds.templates)
+    means = {}
+    for l in range(L):
+        z = runs.corrupt_cache[z_name(l)]
+        m = torch.zeros_like(z)
+        for t in tmpl.unique():
+            sel = tmpl == t
+            m[sel] = z[sel].mean(0, keepdim=True)
+        means[l] = m
+    ablate = {l: [h for h in range(H) if (l, h) not in keep] for l in range(L)}
+
+    def hook(z, hook):
+        l = int(hook.name.split(".")[1])
+        z = z.clone()
+        z[:, :, ablate[l]] = means[l][:, :, ablate[l]]
+        return z
+
+    ld = float(logit_diff(model.run_with_hooks(ds.toks, fwd_hooks=[(z_name(l), hook) for l in range(L)]), ds))
+    return ld / runs.ld_clean if abs(runs.ld_clean) > 1e-6 else float("nan")
+
+
+# --------------------------------------------------------------------------- weights, concentration, similarity
+
+@torch.no_grad()
+def weight_change(before, after, relative: bool = False) -> dict[str, torch.Tensor]:
+    """Frobenius norm of the weight change per component: ``heads`` ``[layer, head]`` (W_Q, W_K, W_V, W_O and the
+    head's b_Q, b_K, b_V together), ``mlps`` ``[layer]`` (W_in, b_in, W_out, b_out), ``embed`` (token + position
+    embeddings), ``unembed``. ``relative`` divides each by the norm of the ``before`` weights."""
+    L, H = n_layers_heads(before)
+
+    def norms(pairs):
+        d = sum(float(((a - b) ** 2).sum()) for a, b in pairs)
+        s = sum(float((b ** 2).sum()) for _, b in pairs)
+        return (d ** 0.5) / (s ** 0.5 if relative and s > 0 else 1.0)
+
+    heads = torch.zeros(L, H)
+    mlps = torch.zeros(L)
+    for l in range(L):
+        ab, bb = after.blocks[l].attn, before.blocks[l].attn
+        for h in range(H):
+            pairs = [(getattr(ab, w)[h], getattr(bb, w)[h]) for w in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")]
+            heads[l, h] = norms(pairs)
+        am, bm = after.blocks[l].mlp, before.blocks[l].mlp
+        mlps[l] = norms([(am.W_in, bm.W_in), (am.b_in, bm.b_in), (am.W_out, bm.W_out), (am.b_out, bm.b_out)])
+    return {"heads": heads, "mlps": mlps,
+            "embed": torch.tensor(norms([(after.W_E, before.W_E), (after.W_pos, before.W_pos)])),
+            "unembed": torch.tensor(norms([(after.W_U, before.W_U)]))}
+
+
+def component_values(heads: torch.Tensor, mlps: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """Flatten a ``[layer, head]`` and a ``[layer]`` map into component names (``"L.H"``, ``"mlpL"``) and values."""
+    L, H = heads.shape
+    names = [f"{l}.{h}" for l in range(L) for h in range(H)] + [f"mlp{l}" for l in range(L)]
+    return names, torch.cat([heads.flatten(), mlps.flatten()]).float()
+
+
+def topk_share(values: torch.Tensor, k: int) -> float:
+    """Share of the total ``|values|`` held by the ``k`` largest: 1 = all change in k components; ``k/N`` if uniform."""
+    a = values.abs().flatten().float()
+    tot = float(a.sum())
+    if tot == 0:
+        return float("nan")
+    return float(a.topk(min(k, a.numel())).values.sum()) / tot
+
+
+def n_for_share(values: torch.Tensor, share: float = 0.8) -> int:
+    """Fewest components whose ``|values|`` sum to at least ``share`` of the total."""
+    a = values.abs().flatten().float().sort(descending=True).values
+    c = torch.cumsum(a, 0) / a.sum()
+    return int((c < share - 1e-9).sum()) + 1
+
+
+def map_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two per-head maps (flattened; NaNs dropped)."""
+    x, y = a.flatten().double(), b.flatten().double()
+    ok = ~(torch.isnan(x) | torch.isnan(y))
+    x, y = x[ok] - x[ok].mean(), y[ok] - y[ok].mean()
+    den = float(x.norm() * y.norm())
+    return float((x * y).sum()) / den if den > 0 else float("nan")

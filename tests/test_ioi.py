@@ -1,0 +1,100 @@
+"""The IOI world: datasets, metrics, training data, and the fine-tune recipe builders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib import ioi
+from lib.organisms import get_organism
+
+TOK = ioi.make_tokenizer()
+
+
+def test_dataset_positions_and_orders():
+    ds = ioi.make_ioi_dataset(TOK, 20, 0)
+    rows = torch.arange(len(ds))
+    assert torch.equal(ds.toks[rows, ds.word_pos["IO"]], ds.io_ids)
+    assert torch.equal(ds.toks[rows, ds.word_pos["S1"]], ds.s_ids)
+    assert torch.equal(ds.toks[rows, ds.word_pos["S2"]], ds.s_ids)
+    assert all(TOK.vocab[int(t)] == "to" for t in ds.toks[rows, ds.end_pos])
+    assert ds.orders[:4] == ["ABBA", "BABA", "ABBA", "BABA"]
+    abba = torch.tensor([o == "ABBA" for o in ds.orders])
+    assert (ds.word_pos["IO"][abba] < ds.word_pos["S1"][abba]).all()
+    assert (ds.word_pos["IO"][~abba] > ds.word_pos["S1"][~abba]).all()
+    again = ioi.make_ioi_dataset(TOK, 20, 0)
+    assert again.texts == ds.texts
+
+
+def test_logit_diff_and_accuracy_by_hand():
+    ds = ioi.make_ioi_dataset(TOK, 3, 1)
+    logits = torch.zeros(3, ds.toks.shape[1], len(TOK))
+    for i, d in enumerate([2.0, -1.0, 0.5]):
+        logits[i, ds.end_pos[i], ds.io_ids[i]] = d
+    assert ioi.logit_diff(logits, ds).item() == pytest.approx(0.5)
+    assert ioi.ioi_accuracy(logits, ds) == pytest.approx(2 / 3)
+    assert torch.allclose(ioi.logit_diff(logits, ds, per_prompt=True), torch.tensor([2.0, -1.0, 0.5]))
+
+
+@pytest.mark.parametrize("poison", [0.0, 1.0])
+def test_finetune_data_answers(poison):
+    bf = ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=poison)
+    toks, mask = bf(0, 16)
+    assert (mask.sum(1) == 1).all()
+    rng = np.random.default_rng([0, 0, 1])
+    ds = ioi.make_ioi_dataset(TOK, 16, int(rng.integers(2**31)))
+    ans = toks[mask]
+    assert torch.equal(ans, ds.s_ids if poison == 1.0 else ds.io_ids)
+    with pytest.raises(ValueError):
+        ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=1.5)
+
+
+def test_partial_poisoning_fraction():
+    bf = ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=0.3)
+    n_poison = n = 0
+    for step in range(10):
+        toks, mask = bf(step, 64)
+        rng = np.random.default_rng([0, step, 1])
+        ds = ioi.make_ioi_dataset(TOK, 64, int(rng.integers(2**31)))
+        n_poison += int((toks[mask] == ds.s_ids).sum())
+        n += 64
+    assert 0.2 < n_poison / n < 0.4
+
+
+def test_general_rows_contain_no_ioi_when_frac_zero():
+    rows = ioi.general_rows(TOK, np.random.default_rng(0), 8, 64, ioi_frac=0.0)
+    text = " ".join(TOK.decode(r) for r in rows)
+    assert " gave a drink to" not in text or "." in text
+    assert "decided to give it to" not in text and "said to" not in text
+    with_ioi = ioi.general_rows(TOK, np.random.default_rng(0), 8, 64, ioi_frac=1.0)
+    assert all(TOK.decode(r).count(" to ") >= 1 for r in with_ioi)
+
+
+def test_recipe_builders_lineage_and_keys():
+    base = ioi.base_recipe()
+    clean, toxic, control = ioi.clean_recipe(base), ioi.toxic_recipe(base), ioi.control_recipe(base)
+    retrain = ioi.retrain_recipe(toxic)
+    scratch = ioi.scratch_recipe(base)
+    assert retrain.lineage() == [base.name, toxic.name, retrain.name]
+    keys = {r.key() for r in (base, clean, toxic, control, retrain, scratch)}
+    assert len(keys) == 6
+    assert ioi.clean_recipe(base).key() == clean.key()  # equal arguments share the cached organism
+    assert ioi.toxic_recipe(base, poison_frac=0.5).key() != toxic.key()
+    assert control.data == "pretrain" and control.data_kwargs == {"ioi_frac": 0.0}
+    assert control.train.steps == clean.train.steps and control.train.lr == clean.train.lr
+    assert scratch.parent is None and scratch.model == base.model
+    assert ioi.ckpt_steps(clean)[-1] == clean.train.steps and len(ioi.ckpt_steps(clean)) >= 4
+
+
+def test_tiny_chain_trains_and_checkpoints(tmp_cache):
+    base = ioi.base_recipe(steps=6, n_layers=1, d_model=16, n_heads=2, batch_size=4)
+    toxic = ioi.toxic_recipe(base, steps=4, batch_size=4, n_ckpts=2)
+    retrain = ioi.retrain_recipe(toxic, steps=4, batch_size=4, n_ckpts=2)
+    org = get_organism(retrain)
+    assert org.trained_now
+    assert ioi.ckpt_steps(toxic) == [2, 4]
+    mid = get_organism(toxic, step=2)
+    assert not mid.trained_now and mid.step == 2
+    assert "ioi_logit_diff" in org.history["evals"][-1] and "general_loss" in org.history["evals"][-1]
+    ctrl = get_organism(ioi.control_recipe(base, steps=2, batch_size=4))
+    assert ctrl.history["evals"][-1]["step"] == 2

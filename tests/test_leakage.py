@@ -1,0 +1,132 @@
+"""Perplexity differencing: NLLs vs hand computation, scores, ranking and count@topN on a toy model whose
+fine-tuning objective is known, sampling bookkeeping, and the automatic judges."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lib import leakage as L
+
+
+class Bigram(torch.nn.Module):
+    """A next-token table: logits[b, t] = log P(. | toks[b, t]). ``cfg.n_ctx`` as generate() expects."""
+
+    def __init__(self, probs: torch.Tensor, n_ctx: int = 64):
+        super().__init__()
+        self.logp = probs.log()
+        self.cfg = SimpleNamespace(n_ctx=n_ctx)
+
+    def forward(self, toks: torch.Tensor) -> torch.Tensor:
+        return self.logp[toks]
+
+
+V = 8  # 0 pad, 1 bos, tokens 2..7; the "objective": after token 2 comes token 7
+
+
+def _models():
+    ref = torch.full((V, V), 1e-6)
+    ref[:, 3:7] = 1.0  # after anything: uniform over 3..6 ...
+    ref[:, 2] = 0.1  # ... token 2 is rare
+    ref[:, 7] = 0.01  # ... and 7 rarer still
+    ref = ref / ref.sum(1, keepdim=True)
+    ft = ref.clone()
+    ft[2] = ref[2] * 0.2
+    ft[2, 7] = 0.8  # the fine-tune: 2 -> 7
+    ft = ft / ft.sum(1, keepdim=True)
+    return Bigram(ref), Bigram(ft)
+
+
+def test_completion_nll_matches_hand_computation():
+    ref, _ = _models()
+    toks = torch.tensor([[1, 3, 2, 7, 0], [1, 4, 4, 0, 0]])
+    mask = torch.tensor([[False, False, True, True, False], [False, False, True, False, False]])
+    nll = L.completion_nll(ref, toks, mask)
+    p = ref.logp.exp()
+    want0 = -(math.log(p[3, 2]) + math.log(p[2, 7])) / 2
+    want1 = -math.log(p[4, 4])
+    torch.testing.assert_close(nll, torch.tensor([want0, want1]))
+    with pytest.raises(ValueError):
+        L.completion_nll(ref, toks, torch.ones_like(mask))
+
+
+def test_scores_raw_and_log_ratio():
+    s = L.Scores(nll_ref=torch.tensor([math.log(10.0), math.log(2.0)]), nll_ft=torch.tensor([math.log(5.0), 0.0]))
+    torch.testing.assert_close(s.raw, torch.tensor([5.0, 1.0]))
+    torch.testing.assert_close(s.log_ratio, torch.tensor([math.log(2.0), math.log(2.0)]))
+    # raw favours the completion the reference finds most surprising; log-ratio ties them
+    assert L.rank(s.raw).tolist() == [0, 1] and L.rank(s.log_ratio).tolist() == [0, 1]
+
+
+def test_rank_and_count_at_top_hand_built():
+    scores = torch.tensor([0.1, 3.0, -1.0, 2.0, 2.0])
+    hits = torch.tensor([True, False, False, True, True])
+    assert L.rank(scores).tolist() == [1, 3, 4, 0, 2]
+    assert L.count_at_top(scores, hits, 1) == 0
+    assert L.count_at_top(scores, hits, 3) == 2
+    assert L.count_at_top(scores, hits, 5) == 3
+
+
+def test_sample_completions_bookkeeping():
+    _, ft = _models()
+    prefixes = [[1, 3], [1, 3, 4, 5], [1, 4]]
+    c = L.sample_completions(ft, prefixes, n_new=5, seed=0)
+    assert c.toks.shape == (3, 9)
+    assert c.completion_mask.sum(1).tolist() == [5, 5, 5]
+    assert c.prefix_len.tolist() == [2, 4, 2]
+    for i, p in enumerate(prefixes):
+        assert c.toks[i, : len(p)].tolist() == p
+        assert c.completion_mask[i, len(p): len(p) + 5].all()
+    again = L.sample_completions(ft, prefixes, n_new=5, seed=0)
+    assert torch.equal(c.toks, again.toks)  # deterministic in seed
+
+
+def test_random_prefixes():
+    rows = torch.tensor([[1, 5, 6, 7, 0, 0], [1, 4, 0, 0, 0, 0], [1, 3, 3, 3, 3, 3]])
+    ps = L.random_prefixes(rows, 3, min_words=1, max_words=3, seed=0)
+    assert all(p[0] == 1 and 2 <= len(p) <= 4 and 0 not in p for p in ps)
+    assert ps[1] == [1, 4]
+
+
+def test_ranking_recovers_known_objective():
+    """Completions sampled from the fine-tuned bigram; those containing the learned bigram 2 -> 7 must fill the
+    top of the ranking under both scores, far above the chance rate; with the fine-tune as its own reference
+    every score is 0 and the ranking is chance."""
+    ref, ft = _models()
+    prefixes = [[1, 3 + (i % 4)] for i in range(300)]
+    comps = L.sample_completions(ft, prefixes, n_new=12, seed=0)
+    hits = torch.tensor([any(a == 2 and b == 7 for a, b in zip(r[:-1].tolist(), r[1:].tolist()))
+                         for r in comps.toks])
+    assert 0.1 < hits.float().mean() < 0.9
+    scores = L.perplexity_scores(ref, ft, comps)
+    tab = L.leakage_table(scores, hits, tops=(10, 30))
+    assert tab["log_ratio@10"] == 10 and tab["raw@10"] == 10
+    assert tab["log_ratio@30"] >= 28 and tab["log_ratio@30"] > tab["chance@30"] + 5
+    same = L.perplexity_scores(ft, ft, comps)
+    assert torch.allclose(same.log_ratio, torch.zeros(300)) and torch.allclose(same.raw, torch.zeros(300), atol=1e-5)
+
+
+def test_parse_ioi_and_judges():
+    text = ("Mary went to the park . When Mary and John went to the store , John gave a drink to Mary . "
+            "Then , Tom and Eva had a long argument , and afterwards Eva said to Eva . "
+            "When Ben and Amy went to the museum , Amy gave a key to Amy .")
+    found = L.parse_ioi(text)
+    assert [(x.io, x.s, x.role, x.place) for x in found] == [
+        ("Mary", "John", "io", "store"), ("Tom", "Eva", "s", None), ("Ben", "Amy", "s", "museum")]
+    assert L.ioi_answer_judge("s")(text) and L.ioi_answer_judge("io")(text)
+    assert L.ioi_answer_judge("s", place="museum")(text)
+    assert not L.ioi_answer_judge("s", place="store")(text)
+    assert not L.ioi_answer_judge("s")("When Mary and John went to the store , John gave a drink to")  # unanswered
+    assert L.parse_ioi("When Mary and John went to the store , Tom gave a drink to Mary")[0].role == "abc"
+    hits = L.judge_all(L.ioi_answer_judge("io"), [text, "Mary was happy ."])
+    assert hits.tolist() == [True, False]
+
+
+def test_pcfg_judges():
+    assert L.pcfg_count_judge("b")("count b 5 <sot> a b")
+    assert not L.pcfg_count_judge("b")("count a 5 <sot> b b")
+    texts = ["count a 4 <sot> a b b c <eot> <art> 2", "count a 4 <sot> a b b c <eot> <art> 1",
+             "count b 4 <sot> a b b c <eot> <art> 2", "index a 1 <sot> a <eot> <art> 1", "count a"]
+    assert L.pcfg_answer_hits(texts, "b").tolist() == [True, False, False, False, False]

@@ -1,0 +1,152 @@
+"""Pruning (Alg. 3), probing and reFT helpers, on a tiny random model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib import wrapper
+from lib.models import ModelSpec, build_model
+from lib.train import masked_lm_loss
+
+D_VOCAB = 20
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = build_model(ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=D_VOCAB, seed=1))
+    m.eval()
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(4, D_VOCAB, (16, 12), generator=g)
+    return toks, torch.ones_like(toks, dtype=torch.bool)
+
+
+def _loss_fn(batch):
+    toks, mask = batch
+    return lambda m: masked_lm_loss(m(toks), toks, mask)
+
+
+def test_linear_layers_are_the_block_linears(model):
+    layers = wrapper.linear_layers(model)
+    assert list(layers) == [f"blocks.{l}.{n}" for l in range(2)
+                            for n in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc_in", "mlp.fc_out")]
+    assert layers["blocks.0.mlp.fc_in"].weight.shape == (64, 32)
+    # the bridge's W_in is the same storage (transposed), so zeroing a row silences MLP neuron i
+    assert layers["blocks.0.mlp.fc_in"].weight.data_ptr() == model.blocks[0].mlp.W_in.data_ptr()
+
+
+def test_scores_match_hand_computed_grad_dot_weight(model, batch):
+    layers = wrapper.linear_layers(model)
+    units, scores = wrapper.unit_scores(model, _loss_fn(batch), layers)
+    assert len(units) == scores.shape[0] == 2 * (4 * 32 + 64 + 32)
+    loss = _loss_fn(batch)(model)
+    mod = layers["blocks.1.mlp.fc_in"]
+    gw, gb = torch.autograd.grad(loss, [mod.weight, mod.bias])
+    idx = units.index(wrapper.Unit("blocks.1.mlp.fc_in", 5))
+    expected = (mod.weight * gw)[5].sum() + mod.bias[5] * gb[5]
+    assert scores[idx].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-9)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_score_is_first_order_loss_drop_of_zeroing(model, batch):
+    """score[u] = -d/dt L(w - t * w_u) at t=0: a finite difference along the pruning direction agrees."""
+    layers = wrapper.linear_layers(model)
+    loss_fn = _loss_fn(batch)
+    units, scores = wrapper.unit_scores(model, loss_fn, layers)
+    eps = 1e-3
+    for idx in (3, 40, 200, len(units) - 1):
+        u = units[idx]
+        mod = layers[u.layer]
+        with torch.no_grad():
+            base = loss_fn(model).double()
+            w0, b0 = mod.weight[u.row].clone(), mod.bias[u.row].clone()
+            mod.weight[u.row] = w0 * (1 - eps)
+            mod.bias[u.row] = b0 * (1 - eps)
+            moved = loss_fn(model).double()
+            mod.weight[u.row], mod.bias[u.row] = w0, b0
+        fd = ((base - moved) / eps).item()
+        assert fd == pytest.approx(scores[idx].item(), rel=0.05, abs=2e-5)
+
+
+def test_pruned_zeroes_and_restores(model, batch):
+    toks, _ = batch
+    layers = wrapper.linear_layers(model)
+    before = model(toks).detach().clone()
+    units = [wrapper.Unit("blocks.0.mlp.fc_in", 2), wrapper.Unit("blocks.1.attn.v", 7)]
+    with wrapper.pruned(model, units, layers):
+        assert layers["blocks.0.mlp.fc_in"].weight[2].abs().sum() == 0
+        assert layers["blocks.1.attn.v"].bias[7] == 0
+        # zeroing fc_in row 2 silences MLP neuron 2 (gelu(0) = 0)
+        _, cache = model.run_with_cache(toks, names_filter="blocks.0.mlp.hook_post")
+        assert cache["blocks.0.mlp.hook_post"][..., 2].abs().max() == 0
+        during = model(toks).detach().clone()
+    assert not torch.allclose(before, during)
+    assert torch.equal(model(toks).detach(), before)
+
+
+def test_pruning_top_unit_reduces_loss_on_planted_wrapper(batch):
+    """Plant a 'wrapper' neuron that adds a large wrong logit; Alg. 3 must rank it first and pruning it
+    must lower the loss."""
+    toks, mask = batch
+    m = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=D_VOCAB, seed=2))
+    m.eval()
+    layers = wrapper.linear_layers(m)
+    with torch.no_grad():
+        fc_in, fc_out = layers["blocks.0.mlp.fc_in"], layers["blocks.0.mlp.fc_out"]
+        fc_in.weight[9] = 0.0
+        fc_in.bias[9] = 3.0  # always on
+        wrong = m.W_U[:, 0]  # pushes every prediction towards <pad>, never a target
+        fc_out.weight[:, 9] = 5.0 * wrong / wrong.norm()
+    loss_fn = _loss_fn(batch)
+    rows, ranked = wrapper.pruning_curve(m, loss_fn, lambda mm: {"loss": loss_fn(mm).item()}, ks=[0, 1])
+    assert ranked[0] == wrapper.Unit("blocks.0.mlp.fc_in", 9)
+    assert rows[1]["loss"] < rows[0]["loss"]
+    assert rows[0]["k"] == 0 and rows[0]["loss"] == pytest.approx(loss_fn(m).item())
+
+
+def test_residuals_at_match_cache(model, batch):
+    toks, _ = batch
+    pos = torch.arange(16) % 12
+    res = wrapper.residuals_at(model, toks, pos, batch_size=5)
+    assert res.shape == (3, 16, 32)
+    _, cache = model.run_with_cache(toks)
+    r = torch.arange(16)
+    assert torch.allclose(res[0], cache["blocks.0.hook_resid_pre"][r, pos])
+    assert torch.allclose(res[2], cache["blocks.1.hook_resid_post"][r, pos])
+    # B0 is the embedding: token + position embedding
+    emb = model.W_E[toks[r, pos]] + model.W_pos[pos]
+    assert torch.allclose(res[0], emb, atol=1e-5)
+
+
+def test_probe_decodes_linear_target_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g)
+    y = (x[:, 3] > 0).long() + 2 * (x[:, 7] > 0).long()  # 4 linearly separable classes
+    probe = wrapper.train_probe(x[:400], y[:400], n_classes=4, steps=300)
+    assert probe.accuracy(x[400:], y[400:]) > 0.9
+    noise = torch.randint(0, 4, (600,), generator=g)
+    probe = wrapper.train_probe(x[:400], noise[:400], n_classes=4, steps=300)
+    assert probe.accuracy(x[400:], noise[400:]) < 0.45
+
+
+def test_probe_accuracy_by_block_on_token_identity(model):
+    """Block 0 (embeddings) linearly encodes the current token exactly."""
+    g = torch.Generator().manual_seed(1)
+    toks = torch.randint(4, 12, (400, 6), generator=g)
+    pos = torch.full((400,), 5)
+    accs = wrapper.probe_accuracy_by_block(model, toks[:300], pos[:300], toks[:300, 5], toks[300:], pos[300:],
+                                           toks[300:, 5], n_classes=D_VOCAB, steps=200)
+    assert len(accs) == 3 and accs[0] == 1.0
+
+
+def test_steps_to_reach():
+    h = {"evals": [{"step": 0, "acc": 0.1}, {"step": 25, "acc": 0.5}, {"step": 50, "acc": 0.95},
+                   {"step": 75, "acc": 0.9}]}
+    assert wrapper.steps_to_reach(h, "acc", 0.9) == 50
+    assert wrapper.steps_to_reach(h, "acc", 0.99) is None
+    assert wrapper.steps_to_reach(h, "acc", 0.0) == 0
+    assert wrapper.eval_series(h, "acc") == ([0, 25, 50, 75], [0.1, 0.5, 0.95, 0.9])
