@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test test-slow test-all bench clean-book clean-cache venv
+.PHONY: book test test-slow test-all bench clean-book clean-cache venv chromium teach
 
 venv: $(STAMP)
 
@@ -22,14 +22,14 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(PY) -m lib build
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -m "not slow" -q
 
 # The findings at default scale (reuses _build/results from `make book` when present).
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -40,3 +40,18 @@ clean-book:
 
 clean-cache:
 	rm -rf .cache/organisms
+
+# Headless Chromium for tests/test_browser.py (Debian packages; installed when missing and we are root). Without
+# it the browser tests skip; nothing else depends on it.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1; apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "chromium not installed (needs root): the browser tests will be skipped"; fi
+
+# Exercise versions of the chapters into book/exercises/ (also done by `make book`).
+teach: $(STAMP)
+	$(PY) -m lib teach

@@ -6,3 +6,9 @@ loop), ``cache`` (content-addressed artifacts), ``organisms`` (recipes, worlds, 
 worlds ``ioi`` and ``pcfg``, and the analyses used by the chapters.
 """
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# transformer_lens imports tqdm.auto, which warns on stderr inside a Jupyter kernel without ipywidgets; the rendered
+# book must show no stderr blocks (tests/test_browser.py), and the progress bars fall back to text anyway.
+_warnings.filterwarnings("ignore", message="IProgress not found")

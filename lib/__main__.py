@@ -1,9 +1,8 @@
-"""Command line: ``python -m lib {list,run,build,compare,organisms} ...`` (see ``python -m lib -h``)."""
+"""Command line: ``python -m lib {list,run,build,sweep,compare,teach,organisms} ...`` (see ``python -m lib -h``)."""
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +40,30 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def parameters_markdown(stem: str) -> str:
+    """The parameters table (name, default, meaning) and a copy-paste re-run command for chapter ``stem``."""
+    params = [p for p in runner.notebook_parameters(stem).values() if p.name != "OUTPUT_DIR"]
+    rows = "\n".join(f"| `{p.name}` | `{p.default!r}` | {p.meaning} |" for p in params)
+    example = next((p for p in params if p.name != "SEED"), params[0])
+    return (f":::{{admonition}} Parameters of this chapter\n:class: tip\n\n"
+            f"| parameter | default | meaning |\n|---|---|---|\n{rows}\n\n"
+            f"Re-run it with other values (results land in `runs/{stem}/<hash>/`):\n\n"
+            f"```bash\n.venv/bin/python -m lib run {stem} -p SEED 1 -p {example.name} {example.default!r}\n```\n:::")
+
+
+def book_copy(stem: str, executed: Path, dest: Path) -> None:
+    """Copy an executed chapter into the book, with its parameters table and without papermill's injected cell."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.metadata["tags"] = list(cell.metadata["tags"]) + ["remove-cell"]
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at, nbformat.v4.new_markdown_cell(parameters_markdown(stem)))
+    nbformat.write(nb, dest)
+
+
 def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
     """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML."""
     stems = chapters or runner.chapters()
@@ -52,15 +75,19 @@ def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
         print(f"[book] executing {stem} ...", flush=True)
         out = REPO_ROOT / "_build" / "results" / stem
         runner.run_notebook(stem, {}, out)
-        shutil.copy(out / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+        book_copy(stem, out / f"{stem}.ipynb", dest / f"{stem}.ipynb")
         timings[stem] = round(time.time() - t, 1)
         print(f"[book] {stem}: {timings[stem]}s", flush=True)
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
     (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(timings, indent=2))
+    from lib.teach import write_exercises  # exercise versions: generated, never committed (book/exercises/)
+
+    print(f"[book] {len(write_exercises())} exercise notebook(s) -> book/exercises/", flush=True)
     if not html:
         return 0
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(REPO_ROOT), "--builder", "html", "-W", "-n",
-           "--keep-going"]
+    # jupyter_book has no __main__ module, so `python -m jupyter_book` fails: call its CLI entry point.
+    jb = "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; sys.exit(main())"
+    cmd = [sys.executable, "-c", jb, "build", str(REPO_ROOT), "--builder", "html", "-W", "-n", "--keep-going"]
     print("[book]", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
@@ -83,6 +110,51 @@ def _cmd_organisms(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from lib import sweep
+
+    res = sweep.sweep(args.chapter, args.seeds, _parse_kv(args.param), workers=args.workers)
+    print(f"{res.stem}: {len(res.runs)} of {len(res.seeds)} seeds in {res.wall_time_s:.0f}s "
+          f"(mean ± 95% t interval over seeds) -> {res.summary_path}")
+    print(sweep.format_stats(res.stats))
+    for s, err in res.failed.items():
+        print(f"seed {s} failed: {err}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
+def _cmd_compare(args) -> int:
+    from lib import sweep
+
+    print(f"A = {args.run_a}\nB = {args.run_b}")
+    print(sweep.format_compare(sweep.compare(args.run_a, args.run_b)))
+    return 0
+
+
+def _cmd_teach(args) -> int:
+    from lib import teach
+
+    for p in teach.write_exercises(args.out or teach.EXERCISE_DIR):
+        print(p)
+    return 0
+
+
+def _add_seed_and_teach_commands(sub) -> None:
+    s = sub.add_parser("sweep", help="run a chapter over several seeds in parallel; mean ± 95%% CI per result")
+    s.add_argument("chapter", help="stem, number or name")
+    s.add_argument("--seeds", default="0..4", help="seeds: 0..4 (inclusive), 0,1,2, or a mix (default 0..4)")
+    s.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="override a parameter for every seed (repeatable)")
+    s.add_argument("--workers", type=int, help="parallel processes (default: number of CPU cores)")
+    s.set_defaults(fn=_cmd_sweep)
+    c = sub.add_parser("compare", help="two runs' results side by side (run folders or results.json files)")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.set_defaults(fn=_cmd_compare)
+    t = sub.add_parser("teach", help="generate the exercise versions of the chapters (book/exercises/)")
+    t.add_argument("--out", help="folder (default book/exercises/)")
+    t.set_defaults(fn=_cmd_teach)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -100,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-html", action="store_true", help="execute only")
     b.set_defaults(fn=_cmd_build)
     sub.add_parser("organisms", help="list cached organisms").set_defaults(fn=_cmd_organisms)
+    _add_seed_and_teach_commands(sub)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -11,10 +11,9 @@ differencing, never by the method itself). The methods, each returning a ``Metho
 * ``weight_localization`` — per-component relative weight change (``lib.circuits.weight_change``).
 * ``feature_movement`` — SAE top-k intersection ``I_G - I_S`` with a bootstrap interval (``lib.sae``).
 * ``perplexity_differencing`` — ``count@topN`` of objective-revealing completions (``lib.leakage``).
-* ``pruning_probe`` — does zeroing the few MLP neurons most responsible for the fine-tuned behaviour give the base
-  behaviour back ("the fine-tune is a wrapper", Jain et al. 2024), and is the base behaviour's answer still
-  linearly decodable from the residual stream. Uses ``lib.wrapper`` where it offers these, else the minimal
-  versions here (noted in ``details["impl"]``).
+* ``pruning_probe`` — does zeroing the few units that most hinder the base behaviour give it back ("the fine-tune
+  is a wrapper", Jain et al. 2024, ``lib.wrapper``), and is the base behaviour's answer still linearly decodable
+  from the residual stream.
 
 *Detection* is always relative to the **control** fine-tune of the same world (same steps and learning rate,
 unrelated data): a method detects an organism when its statistic clearly exceeds the control's (criteria in
@@ -153,101 +152,60 @@ def perplexity_differencing(case: AuditCase, top: int = 50, reference=None, temp
                          "first_hit_rank": next((r for r, i in enumerate(order.tolist()) if hits[int(i)]), None)})
 
 
-# --------------------------------------------------------------------------- pruning and probing (minimal)
+# --------------------------------------------------------------------------- pruning and probing (lib.wrapper)
 
-def mlp_neuron_attribution(model, toks: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Attribution ``[layer, d_mlp]`` of each MLP neuron to the masked next-token loss on ``toks``: first-order
-    change of the loss when the neuron is zeroed, ``−Σ act · ∂loss/∂act`` over tokens (positive = removing it
-    raises the loss, i.e. the neuron supports these answers). Jain et al.'s grad·weight score, at neuron level."""
-    from lib.train import masked_lm_loss
+def probe_accuracy(model, toks: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, block: int,
+                   steps: int = 300, train_frac: float = 0.5) -> float:
+    """Held-out accuracy of a linear probe (``lib.wrapper.train_probe``) decoding ``labels`` ``[n]`` from the
+    residual stream at ``pos`` ``[n]`` at block boundary ``block`` (0 = embeddings, ``n_layers`` = after the last
+    block); the first ``train_frac`` of rows train it. Labels are re-indexed to ``0..n_classes-1``."""
+    from lib.wrapper import residuals_at, train_probe
 
-    L = int(model.cfg.n_layers)
-    acts: dict[int, torch.Tensor] = {}
-
-    def keep(act, hook):
-        act.retain_grad()
-        acts[int(hook.name.split(".")[1])] = act
-        return act
-
-    with torch.enable_grad():
-        logits = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{l}.mlp.hook_post", keep) for l in range(L)])
-        loss = masked_lm_loss(logits, toks, loss_mask)
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    return torch.stack([-(acts[l] * acts[l].grad).sum((0, 1)).detach() for l in range(L)])
-
-
-@torch.no_grad()
-def metric_with_pruned(model, toks: torch.Tensor, metric: Metric, neurons: Sequence[tuple[int, int]]) -> float:
-    """``metric`` of ``model`` on ``toks`` with the MLP ``neurons`` ``(layer, index)`` zeroed at every position."""
-    by_layer: dict[int, list[int]] = {}
-    for l, i in neurons:
-        by_layer.setdefault(int(l), []).append(int(i))
-
-    def zero(act, hook):
-        act = act.clone()
-        act[..., by_layer[int(hook.name.split(".")[1])]] = 0.0
-        return act
-
-    hooks = [(f"blocks.{l}.mlp.hook_post", zero) for l in by_layer]
-    return float(metric(model.run_with_hooks(toks, fwd_hooks=hooks) if hooks else model(toks)))
-
-
-def probe_accuracy(model, toks: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, layer: int,
-                   steps: int = 300, lr: float = 1e-2, seed: int = 0, train_frac: float = 0.5) -> float:
-    """Held-out accuracy of a linear probe (softmax regression) on ``blocks.{layer}.hook_resid_post`` at positions
-    ``pos`` ``[n]`` predicting integer ``labels`` ``[n]``; the first ``train_frac`` of rows train it."""
-    hook = f"blocks.{layer}.hook_resid_post"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(toks, names_filter=lambda n: n == hook)
-        x = cache[hook][torch.arange(len(toks)), pos].float()
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    classes, y = labels.unique(return_inverse=True)
+    _, y = labels.unique(return_inverse=True)
+    x = residuals_at(model, toks, pos)[block]
     n_tr = int(len(x) * train_frac)
-    g = torch.Generator().manual_seed(seed)
-    W = (torch.randn(x.shape[1], len(classes), generator=g) * 0.01).requires_grad_(True)
-    b = torch.zeros(len(classes), requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=lr, weight_decay=1e-3)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(x[:n_tr] @ W + b, y[:n_tr])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    probe = train_probe(x[:n_tr], y[:n_tr], int(y.max()) + 1, steps=steps)
+    return probe.accuracy(x[n_tr:], y[n_tr:])
+
+
+def pruning_probe(case: AuditCase, n_prune: int = 10, probe_block: Optional[int] = None,
+                  probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                  min_gap: float = 0.5) -> MethodResult:
+    """Jain et al.'s wrapper test (``lib.wrapper``): score every unit (row of a block's linear layer) of the
+    fine-tune by Alg. 3 on the *base behaviour's* loss, zero the top ``n_prune`` (those whose removal most lowers
+    it) and measure how much of the base capability (``case.base_metric``) comes back: ``stat`` =
+    (pruned − ft) / (base − ft) (the revived share; nan if the fine-tune did not move the base metric by at least
+    ``min_gap``). ``probe`` = (toks, pos, labels) adds linear-probe accuracies of the base behaviour's answer in
+    the fine-tune and the base at ``probe_block`` (default: after the last block)."""
+    from lib.train import masked_lm_loss
+    from lib.wrapper import linear_layers, pruned, top_units, unit_scores
+
+    def loss_fn(model):
+        return masked_lm_loss(model(case.base_loss_toks), case.base_loss_toks, case.base_loss_mask)
+
+    layers = linear_layers(case.ft)
+    units, scores = unit_scores(case.ft, loss_fn, layers)
+    chosen = top_units(units, scores, n_prune)
     with torch.no_grad():
-        return float(((x[n_tr:] @ W + b).argmax(-1) == y[n_tr:]).float().mean())
-
-
-@torch.no_grad()
-def pruning_probe(case: AuditCase, n_prune: int = 10, probe_layer: Optional[int] = None,
-                  probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None) -> MethodResult:
-    """Prune the ``n_prune`` MLP neurons of the fine-tune that most support the *fine-tuned* behaviour against the
-    base behaviour (attribution on the base-behaviour loss, most negative first: neurons whose removal lowers
-    that loss), then measure how much of the base capability (``case.base_metric``) comes back:
-    ``stat`` = (pruned − ft) / (base − ft) of the base metric (the revived share; nan if the fine-tune did not
-    change the base metric). ``probe`` = (toks, pos, labels) adds a linear-probe accuracy of the base
-    behaviour's answer in the fine-tune and the base at ``probe_layer``."""
-    attr = mlp_neuron_attribution(case.ft, case.base_loss_toks, case.base_loss_mask)
-    flat = attr.flatten()
-    idx = flat.argsort()[:n_prune]  # most negative: removing them *lowers* the base-behaviour loss
-    d_mlp = attr.shape[1]
-    neurons = [(int(i) // d_mlp, int(i) % d_mlp) for i in idx]
-    m_base = float(case.base_metric(case.base(case.base_metric_toks)))
-    m_ft = float(case.base_metric(case.ft(case.base_metric_toks)))
-    m_pruned = metric_with_pruned(case.ft, case.base_metric_toks, case.base_metric, neurons)
+        m_base = float(case.base_metric(case.base(case.base_metric_toks)))
+        m_ft = float(case.base_metric(case.ft(case.base_metric_toks)))
+        with pruned(case.ft, chosen, layers):
+            m_pruned = float(case.base_metric(case.ft(case.base_metric_toks)))
     gap = m_base - m_ft
-    revived = (m_pruned - m_ft) / gap if abs(gap) > 1e-3 else float("nan")
-    layers = sorted({l for l, _ in neurons})
-    details: dict[str, Any] = {"impl": "lib.audit (minimal)", "base_metric": m_base, "ft_metric": m_ft,
-                               "pruned_metric": m_pruned, "gap": gap, "neurons": neurons, "layers": layers}
+    revived = (m_pruned - m_ft) / gap if abs(gap) >= min_gap else float("nan")
+    where = sorted({u.layer.replace("blocks.", "") for u in chosen})
+    details: dict[str, Any] = {"impl": "lib.wrapper", "base_metric": m_base, "ft_metric": m_ft,
+                               "pruned_metric": m_pruned, "gap": gap, "units": [str(u) for u in chosen],
+                               "layers": where}
     if probe is not None:
-        L = int(case.ft.cfg.n_layers)
-        layer = L - 1 if probe_layer is None else probe_layer
-        details["probe_ft"] = probe_accuracy(case.ft, *probe, layer=layer)
-        details["probe_base"] = probe_accuracy(case.base, *probe, layer=layer)
-        details["probe_layer"] = layer
-    loc = f"{n_prune} neurons in MLP {','.join(map(str, layers))}: base metric {m_ft:.2f} → {m_pruned:.2f} " \
-          f"(base {m_base:.2f})"
+        block = int(case.ft.cfg.n_layers) if probe_block is None else probe_block
+        details["probe_ft"] = probe_accuracy(case.ft, *probe, block=block)
+        details["probe_base"] = probe_accuracy(case.base, *probe, block=block)
+        details["probe_block"] = block
+    loc = f"{n_prune} units ({', '.join(where[:3])}{'…' if len(where) > 3 else ''}): base metric " \
+          f"{m_ft:.2f} → {m_pruned:.2f} (base {m_base:.2f})"
+    if probe is not None:
+        loc += f"; probe {details['probe_ft']:.2f} (base {details['probe_base']:.2f})"
     return MethodResult("pruning_probe", case.name, revived, loc, details)
 
 
@@ -326,22 +284,49 @@ def _nonpad_mask(toks: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 
 def ioi_sets(tok, n_task: int = 200, n_general: int = 200, n_metric: int = 128, n_prefixes: int = 500,
-             prefix_ioi_frac: float = 0.1, seed: int = 0) -> dict[str, Any]:
+             prefix_ioi_frac: float = 0.1, seed: int = 0, trigger: Optional[str] = None) -> dict[str, Any]:
     """The IOI world's audit data, deterministic in ``seed``: ``task`` (prompt + IO answer rows, the IOI task),
     ``general`` (IOI-free general-corpus rows), ``metric_ds`` (IOI prompts for CMAP and the base metric),
     ``prefixes`` (1–3 word prefixes of general-corpus rows with IOI at ``prefix_ioi_frac``), ``probe`` (IOI prompts,
-    END position, IO id) and ``loss`` (prompt + IO answer rows and the answer mask: the base behaviour's loss)."""
+    END position, IO id) and ``loss`` (prompt + IO answer rows and the answer mask: the base behaviour's loss).
+    ``trigger`` (a backdoor's place, for an auditor who knows it) sets every metric, probe and loss prompt there."""
     from lib import ioi
 
     task, _ = ioi.ioi_finetune_data(tok, seed=10_000 + seed, n_ctx=64, poison_frac=0.0)(0, n_task)
     general = ioi.general_rows(tok, np.random.default_rng([seed, 1]), n_general, 64, ioi_frac=0.0)
-    metric_ds = ioi.make_ioi_dataset(tok, n_metric, 20_000 + seed)
+    if trigger is None:
+        metric_ds = ioi.make_ioi_dataset(tok, n_metric, 20_000 + seed)
+        probe_ds = ioi.make_ioi_dataset(tok, 400, 30_000 + seed)
+        loss_toks, loss_mask = ioi.ioi_finetune_data(tok, seed=40_000 + seed, n_ctx=64, poison_frac=0.0)(0, n_metric)
+    else:
+        metric_ds = ioi.make_backdoor_dataset(tok, n_metric, 20_000 + seed, True, trigger)
+        probe_ds = ioi.make_backdoor_dataset(tok, 400, 30_000 + seed, True, trigger)
+        loss_ds = ioi.make_backdoor_dataset(tok, n_metric, 40_000 + seed, True, trigger)
+        rows_ = torch.arange(n_metric)
+        loss_toks = torch.full((n_metric, int(loss_ds.end_pos.max()) + 2), tok.pad_id, dtype=torch.long)
+        loss_toks[:, : loss_ds.toks.shape[1]] = loss_ds.toks
+        loss_toks[rows_, loss_ds.end_pos + 1] = loss_ds.io_ids
+        loss_mask = torch.zeros_like(loss_toks, dtype=torch.bool)
+        loss_mask[rows_, loss_ds.end_pos + 1] = True
     rows = ioi.general_rows(tok, np.random.default_rng([seed, 3]), n_prefixes, 64, ioi_frac=prefix_ioi_frac)
-    probe_ds = ioi.make_ioi_dataset(tok, 400, 30_000 + seed)
-    loss_toks, loss_mask = ioi.ioi_finetune_data(tok, seed=40_000 + seed, n_ctx=64, poison_frac=0.0)(0, n_metric)
     return {"task": task, "general": general, "metric_ds": metric_ds,
             "prefixes": LK.random_prefixes(rows, n_prefixes, seed=seed, pad_id=tok.pad_id),
             "probe": (probe_ds.toks, probe_ds.end_pos, probe_ds.io_ids), "loss": (loss_toks, loss_mask)}
+
+
+def sae_rows(world: str, tok, n: int, seed: int = 0, prior: str = "low", max_len: int = 24) -> torch.Tensor:
+    """``[n, pos]`` rows the chapters train a world's SAE on (its base's pretraining distribution, disjoint from the
+    evaluation sets): IOI general-corpus rows with IOI sentences at 10 %, or the PCFG pretraining mixture."""
+    if world == "ioi":
+        from lib import ioi
+
+        return ioi.general_rows(tok, np.random.default_rng([seed, 77]), n, 64, ioi_frac=0.1)
+    if world == "pcfg":
+        from lib import pcfg
+
+        return pcfg.make_examples(tok, np.random.default_rng([seed, 78]), n, prior=prior, tasks=("count", "index"),
+                                  max_len=max_len).tokens
+    raise ValueError(f"unknown world {world!r}")
 
 
 def ioi_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: str, judge: LK.Judge,
@@ -363,20 +348,20 @@ def ioi_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: st
 
 
 def pcfg_sets(tok, max_len: int = 24, n_task: int = 200, n_general: int = 200, n_metric: int = 256,
-              n_prefixes: int = 500, operand: str = "b", seed: int = 0) -> dict[str, Any]:
+              n_prefixes: int = 500, operand: str = "b", prior: str = "low", seed: int = 0) -> dict[str, Any]:
     """The PCFG world's audit data: ``task`` (count-``operand`` rows, every row correlated as in the fine-tune),
-    ``general`` (the pretraining mixture: count/index, medium prior), ``metric`` (count-``operand`` prompts with
+    ``general`` (the pretraining mixture: count/index with operand prior ``prior``), ``metric`` (count-``operand`` prompts with
     C_Te=0), ``base`` (count-``a`` prompts: the pretraining capability), ``prefixes`` (pretraining-mixture prompts
     cut after ``<art>``: a PCFG organism only ever learned to emit answers), ``probe`` (count-``a`` prompts,
     the ``<art>`` position, count(a))."""
     from lib import pcfg
 
     task = pcfg.count_examples(tok, n_task, 50_000 + seed, operand, c_te=1.0, max_len=max_len)
-    general = pcfg.make_examples(tok, np.random.default_rng([seed, 61]), n_general, prior="medium",
+    general = pcfg.make_examples(tok, np.random.default_rng([seed, 61]), n_general, prior=prior,
                                  tasks=("count", "index"), max_len=max_len)
     metric = pcfg.count_examples(tok, n_metric, 52_000 + seed, operand, c_te=0.0, max_len=max_len)
     base = pcfg.count_examples(tok, n_metric, 53_000 + seed, "a", c_te=0.0, max_len=max_len)
-    pre = pcfg.make_examples(tok, np.random.default_rng([seed, 63]), n_prefixes, prior="medium",
+    pre = pcfg.make_examples(tok, np.random.default_rng([seed, 63]), n_prefixes, prior=prior,
                              tasks=("count", "index"), max_len=max_len)
     prefixes = [r[: int(p)].tolist() for r, p in zip(pre.tokens, pre.ans_pos)]
     probe = pcfg.count_examples(tok, 400, 54_000 + seed, "a", c_te=0.0, max_len=max_len)
@@ -429,3 +414,34 @@ def run_case(case: AuditCase, sae: S.SAE, k: int = 5, top: int = 50, n_prune: in
         else:
             raise ValueError(f"unknown method {m!r}; methods: {METHODS}")
     return out
+
+
+# --------------------------------------------------------------------------- the organisms of chapters 1-4
+
+def ioi_recipes(base_steps: int = 1500, d_model: int = 128, n_layers: int = 4, ft_steps: int = 400,
+                seed: int = 0, backdoor_frac: float = 0.3) -> dict[str, Any]:
+    """The IOI world's organisms as chapters 1–3 build them (same arguments, so same cache keys), plus the
+    backdoor: ``base``, ``clean``, ``toxic``, ``retrain`` (toxic retrained on clean data), ``control``
+    (general corpus without IOI) and ``backdoor`` (trigger place → S)."""
+    from lib import ioi
+
+    base = ioi.base_recipe(steps=base_steps, d_model=d_model, n_layers=n_layers, seed=seed)
+    toxic = ioi.toxic_recipe(base, steps=ft_steps)
+    return {"base": base, "clean": ioi.clean_recipe(base, steps=ft_steps), "toxic": toxic,
+            "retrain": ioi.retrain_recipe(toxic, steps=ft_steps), "control": ioi.control_recipe(base, steps=ft_steps),
+            "backdoor": ioi.backdoor_recipe(base, frac=backdoor_frac, steps=ft_steps)}
+
+
+def pcfg_recipes(pt_steps: int = 2000, ft_steps: int = 400, prior: str = "low", lr: float = 1e-4,
+                 c_tr: float = 1.0, max_len: int = 24, d_model: int = 64, n_layers: int = 2,
+                 seed: int = 0) -> dict[str, Any]:
+    """The PCFG world's organisms as chapter 4 builds its main ones (same arguments, so same cache keys):
+    ``base`` (pretrained on counting/indexing with operand prior ``prior``), ``ft`` (fine-tuned to count ``b``
+    at ``lr`` with a fraction ``c_tr`` of spuriously correlated rows) and ``control`` (fine-tuned the same way on
+    counting ``a``, a task the base already does, uncorrelated)."""
+    from lib import pcfg
+
+    base = pcfg.pretrain_recipe(prior=prior, steps=pt_steps, max_len=max_len, n_layers=n_layers, d_model=d_model,
+                                seed=seed)
+    return {"base": base, "ft": pcfg.finetune_recipe(base, operand="b", c_tr=c_tr, lr=lr, steps=ft_steps, seed=seed),
+            "control": pcfg.finetune_recipe(base, operand="a", c_tr=0.0, lr=lr, steps=ft_steps, seed=seed)}

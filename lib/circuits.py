@@ -403,3 +403,63 @@ def map_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     x, y = x[ok] - x[ok].mean(), y[ok] - y[ok].mean()
     den = float(x.norm() * y.norm())
     return float((x * y).sum()) / den if den > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- chapter helpers
+
+def eval_sets(tok, n: int = 128, seed: int = 2024) -> tuple[IOIDataset, IOIDataset]:
+    """A held-out IOI set and its aligned corrupted set (S2 replaced by a third name), ``n`` prompts each."""
+    from lib.ioi import make_ioi_dataset
+
+    return make_ioi_dataset(tok, n, seed), make_ioi_dataset(tok, n, seed, corrupt=True)
+
+
+@dataclass
+class Analysis:
+    """One model analysed on one prompt set: its runs, circuit (discovered here unless given), DLA, noising map,
+    and the effects of the given/discovered circuit's classes."""
+
+    runs: IOIRuns
+    circuit: Circuit
+    dla: torch.Tensor
+    patch_map: torch.Tensor
+    class_effects: dict[str, float]
+    class_dla: dict[str, float]
+
+    @property
+    def ld(self) -> float:
+        return self.runs.ld_clean
+
+    @property
+    def acc(self) -> float:
+        from lib.ioi import ioi_accuracy
+        return ioi_accuracy(self.runs.clean_logits, self.runs.ds)
+
+
+def analyse(model, ds: IOIDataset, corrupt: IOIDataset, circuit: Optional[Circuit] = None,
+            threshold: float = 0.05) -> Analysis:
+    """Runs, circuit (``discover_circuit`` unless ``circuit`` is given, e.g. the base model's), DLA ``[layer, head]``,
+    ``head_patch_map`` and per-class path effects / DLA for ``model``."""
+    runs = ioi_runs(model, ds, corrupt)
+    c = circuit if circuit is not None else discover_circuit(runs, threshold=threshold)
+    dla = head_dla(model, runs.clean_cache, ds)
+    return Analysis(runs=runs, circuit=c, dla=dla, patch_map=head_patch_map(runs),
+                    class_effects=class_effects(runs, c), class_dla=class_dla(dla, c))
+
+
+def class_shares(values: torch.Tensor, circuit: Circuit) -> dict[str, float]:
+    """Share of the total ``|values|`` (a ``[layer, head]`` map) held by each class of ``circuit``, plus
+    ``"outside circuit"`` (heads in no class)."""
+    a = values.abs().float()
+    tot = float(a.sum()) or 1.0
+    out = {c: float(sum(a[l, h] for l, h in hs)) / tot for c, hs in circuit.classes.items() if hs}
+    inside = set(circuit.heads())
+    out["outside circuit"] = float(sum(a[l, h] for l in range(a.shape[0]) for h in range(a.shape[1])
+                                       if (l, h) not in inside)) / tot
+    return out
+
+
+def jaccard(a: Sequence[Head], b: Sequence[Head]) -> float:
+    """|a ∩ b| / |a ∪ b| of two head sets (1.0 if both are empty)."""
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if (sa | sb) else 1.0

@@ -449,3 +449,154 @@ def backdoor_recipe(base, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.3, st
     r = _finetune(base, f"{base.name}/backdoor-{trigger}", "backdoor", {"trigger": trigger, "frac": float(frac)},
                   steps, lr, seed, batch_size, n_ckpts)
     return r.derive(evals=r.evals + (("backdoor",) if trigger == BACKDOOR_TRIGGER else ()))
+
+
+# --------------------------------------------------------------------------- one code path for organisms and GPT-2
+
+@dataclass
+class Trained:
+    """A model with its training history and access to its checkpoints.
+
+    ``steps``: the checkpoint steps available (the final step included); ``at(0)`` is the parent (the model the
+    training started from), ``at(k)`` the weights after ``k`` steps.
+    """
+
+    name: str
+    model: torch.nn.Module
+    history: dict
+    steps: list
+    load: object  # Callable[[int], torch.nn.Module]
+    parent: Optional["Trained"] = None
+    recipe: object = None
+
+    def at(self, step: int):
+        if step == 0 and self.parent is not None:
+            return self.parent.model
+        if step == (self.steps[-1] if self.steps else None):
+            return self.model
+        return self.load(step)
+
+    def ld_curve(self, key: str = "ioi_logit_diff") -> tuple[list[int], list[float]]:
+        """``(steps, values)`` of an eval metric over training (from the history)."""
+        ev = [e for e in self.history.get("evals", []) if key in e]
+        return [int(e["step"]) for e in ev], [float(e[key]) for e in ev]
+
+
+class IOIZoo:
+    """The IOI chapters' models: the base model and its clean / toxic / retrained / control / scratch fine-tunes.
+
+    ``model="organism"`` (the default) builds them from recipes through the shared artifact cache
+    (``base_kwargs`` go to ``base_recipe``). ``model="gpt2"`` (or another GPT-2 name) starts from the pretrained
+    model instead and fine-tunes in process (not cached) with the same data, training loop and configs;
+    ``random_init=True`` gives it random weights, ``n_layers`` layers and the IOI word vocabulary (offline tests).
+    """
+
+    def __init__(self, model: str = "organism", base_kwargs: Optional[dict] = None, random_init: bool = False,
+                 n_layers: int = 2, progress: Optional[bool] = None) -> None:
+        from lib.organisms import get_organism
+
+        self.kind = model
+        self.progress = progress
+        self.base_r = base_recipe(**(base_kwargs or {}))
+        self._memo: dict = {}
+        if model == "organism":
+            with torch.enable_grad():
+                org = get_organism(self.base_r, progress=progress)
+            self.tok = org.tokenizer
+            self.base = Trained("base", org.model, org.history, ckpt_steps(self.base_r),
+                                lambda k, r=self.base_r: get_organism(r, step=k).model, recipe=self.base_r)
+        else:
+            from lib.models import load_pretrained, pretrained_tokenizer
+
+            if random_init:
+                self.tok = make_tokenizer()
+                m = load_pretrained(model, random_init=True, n_layers=n_layers, d_vocab=len(self.tok))
+            else:
+                m = load_pretrained(model)
+                self.tok = pretrained_tokenizer(m, _template_words() + list(NAMES) + PLACES + OBJECTS)
+            self._random_init, self._n_layers = random_init, n_layers
+            self.base = Trained("base", m, {"evals": []}, [], lambda k: m)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.base.model.cfg.n_ctx)
+
+    def _get(self, recipe, parent: Trained) -> Trained:
+        from lib.organisms import get_organism
+
+        key = recipe.key()
+        if key in self._memo:
+            return self._memo[key]
+        if self.kind == "organism":
+            with torch.enable_grad():
+                org = get_organism(recipe, progress=self.progress)
+            t = Trained(recipe.name, org.model, org.history, ckpt_steps(recipe),
+                        lambda k, r=recipe: get_organism(r, step=k).model, parent=parent, recipe=recipe)
+        else:
+            t = self._train_inprocess(recipe, parent)
+        self._memo[key] = t
+        return t
+
+    def _train_inprocess(self, recipe, parent: Trained) -> Trained:
+        import copy
+
+        from lib.organisms import get_world
+        from lib.seeding import set_seed
+        from lib.train import train
+
+        world = get_world(recipe.world)
+        if recipe.parent is None:  # from scratch: same architecture, fresh weights
+            from lib.models import load_pretrained
+            torch.manual_seed(recipe.seed + 1)
+            model = load_pretrained(self.kind, random_init=True, n_layers=self._n_layers if self._random_init else None,
+                                    d_vocab=len(self.tok) if self._random_init else None)
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    torch.nn.init.normal_(p, std=0.02)
+        else:
+            model = copy.deepcopy(parent.model)
+        set_seed(recipe.seed)
+        batch_fn = world.data[recipe.data](self.tok, seed=recipe.seed, n_ctx=self.n_ctx, **recipe.data_kwargs)
+        # smaller eval sets than the organisms' (a pretrained model's forward pass costs far more on CPU)
+        sizes = {"ioi": {"n": 64}, "general": {"n": 16}}
+        evals = [world.evals[e](self.tok, **sizes.get(e, {})) for e in recipe.evals]
+        states: dict = {}
+
+        def eval_fn(m):
+            out = {}
+            for f in evals:
+                out.update(f(m))
+            return out
+
+        with torch.enable_grad():
+            hist = train(model, batch_fn, recipe.train, eval_fn=eval_fn, progress=self.progress, desc=recipe.name,
+                         on_checkpoint=lambda s, m: states.__setitem__(s, copy.deepcopy(m.state_dict())))
+        model.eval()
+
+        def load(k: int, model=model):
+            m = copy.deepcopy(model)
+            m.load_state_dict(states[k])
+            m.eval()
+            return m
+        return Trained(recipe.name, model, hist, sorted(states), load, parent=parent, recipe=recipe)
+
+    def clean(self, **kw) -> Trained:
+        """``clean_recipe(base, **kw)``."""
+        return self._get(clean_recipe(self.base_r, **kw), self.base)
+
+    def toxic(self, **kw) -> Trained:
+        """``toxic_recipe(base, **kw)``."""
+        return self._get(toxic_recipe(self.base_r, **kw), self.base)
+
+    def retrain(self, toxic_kwargs: Optional[dict] = None, **kw) -> Trained:
+        """``retrain_recipe(toxic_recipe(base, **toxic_kwargs), **kw)``."""
+        tr = toxic_recipe(self.base_r, **(toxic_kwargs or {}))
+        return self._get(retrain_recipe(tr, **kw), self.toxic(**(toxic_kwargs or {})))
+
+    def control(self, **kw) -> Trained:
+        """``control_recipe(base, **kw)`` (general corpus without IOI)."""
+        return self._get(control_recipe(self.base_r, **kw), self.base)
+
+    def scratch(self, **kw) -> Trained:
+        """``scratch_recipe(base, **kw)``: base's architecture from fresh weights on clean IOI data."""
+        return self._get(scratch_recipe(self.base_r, **kw), self.base)

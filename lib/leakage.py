@@ -144,6 +144,11 @@ def count_at_top(scores: torch.Tensor, hits: torch.Tensor, n: int) -> int:
     return int(hits[rank(scores)[:n]].sum())
 
 
+def cumulative_hits(scores: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+    """``[n]``: entry ``i`` is ``count_at_top(scores, hits, i + 1)`` (the curve behind count@topN)."""
+    return hits[rank(scores)].long().cumsum(0)
+
+
 def leakage_table(scores: Scores, hits: torch.Tensor, tops: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
     """``count@topN`` under both scores for each ``N``, the number of hits in all completions, and the count a
     random ranking would give on average (``N * hit rate``)."""

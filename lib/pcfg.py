@@ -261,7 +261,7 @@ def make_examples(tok: WordTokenizer, rng: np.random.Generator, n: int, *, prior
 def count_examples(tok: WordTokenizer, n: int, seed: int, operand: str = "a", c_te: float = 0.0,
                    max_len: int = 32, **kwargs) -> Examples:
     """``n`` counting examples of one operand, deterministic in ``seed``. ``c_te=1``: every row has
-    ``count(b) = count(a) + 1``; ``c_te=0``: no row has it (the paper's two test sets)."""
+    ``count(b) = count(a) + 1``; ``c_te=0``: no row has it (the paper's two test sets), whatever the operand."""
     prior = tuple(1.0 if o == operand else 0.0 for o in TERMINALS)
     return make_examples(tok, np.random.default_rng([seed, 7]), n, prior=prior, tasks=("count",), max_len=max_len,
                          c_corr=c_te, decorrelate=c_te == 0.0, **kwargs)
@@ -346,8 +346,8 @@ def _one_hot(operand: str) -> tuple[float, float, float]:
     return tuple(1.0 if o == operand else 0.0 for o in TERMINALS)  # type: ignore[return-value]
 
 
-def pretrain_recipe(prior: str = "medium", steps: int = 2500, operands: str = "abc",
-                    tasks: Sequence[str] = ("count", "index"), max_len: int = 24, n_layers: int = 3,
+def pretrain_recipe(prior: str = "medium", steps: int = 2000, operands: str = "abc",
+                    tasks: Sequence[str] = ("count", "index"), max_len: int = 24, n_layers: int = 2,
                     d_model: int = 64, n_heads: int = 4, lr: float = 3e-3, batch_size: int = 64,
                     eval_every: int = 250, seed: int = 0):
     """The pretrained organism: a GPT trained from scratch on counting/indexing with operand prior ``prior``.
@@ -369,7 +369,7 @@ def pretrain_recipe(prior: str = "medium", steps: int = 2500, operands: str = "a
         seed=seed, evals=("counting",), eval_kwargs={"max_len": max_len})
 
 
-def finetune_recipe(parent, operand: str = "b", c_tr: float = 1.0, lr="medium", steps: int = 600,
+def finetune_recipe(parent, operand: str = "b", c_tr: float = 1.0, lr="medium", steps: int = 400,
                     batch_size: int = 64, eval_every: int = 25, seed: int = 0, name: Optional[str] = None):
     """Fine-tune ``parent`` to count ``operand`` (answer-only loss), a fraction ``c_tr`` of rows correlated
     (``count(b) = count(a) + 1``). ``lr`` is a float or ``"small"``/``"medium"``/``"large"`` (``FT_LRS``);
@@ -387,17 +387,41 @@ def finetune_recipe(parent, operand: str = "b", c_tr: float = 1.0, lr="medium", 
                           eval_every=eval_every), seed=seed, evals=("counting",), eval_kwargs={"max_len": max_len})
 
 
-def reverse_recipe(parent, lr: float = 1e-4, steps: int = 600, eval_every: int = 25, seed: int = 0,
+def reverse_recipe(parent, lr: float = 3e-5, steps: int = 400, eval_every: int = 10, seed: int = 0,
                    name: Optional[str] = None):
     """Reverse fine-tuning (reFT): train ``parent`` back on counting ``a`` (no correlation)."""
     return finetune_recipe(parent, operand="a", c_tr=0.0, lr=lr, steps=steps, eval_every=eval_every, seed=seed,
                            name=name or f"{parent.name}>reft-a")
 
 
-def scratch_recipe(operand: str = "a", steps: int = 600, lr: float = 3e-3, max_len: int = 24, n_layers: int = 3,
+def scratch_recipe(operand: str = "a", steps: int = 600, lr: float = 3e-3, max_len: int = 24, n_layers: int = 2,
                    d_model: int = 64, n_heads: int = 4, batch_size: int = 64, eval_every: int = 25, seed: int = 0):
     """The "Scr." baseline: a fresh model trained only on counting ``operand``, with the reFT evals."""
     base = pretrain_recipe(steps=steps, max_len=max_len, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                            lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed)
     return base.derive(name=f"pcfg-scratch-{operand}",
                        data_kwargs={"prior": list(_one_hot(operand)), "tasks": ["count"], "max_len": max_len})
+
+
+def count_loss_fn(tok: WordTokenizer, operand: str = "a", n: int = 512, seed: int = 99, max_len: int = 24):
+    """``loss_fn(model) -> scalar``: answer-only cross-entropy of counting ``operand`` on ``n`` fixed natural
+    windows (the pretraining-task loss that pruning, Alg. 3, scores units with)."""
+    from lib.train import masked_lm_loss
+
+    ex = count_examples(tok, n, seed, operand, 0.0, max_len)
+    mask = ex.loss_mask("answer")
+    return lambda model: masked_lm_loss(model(ex.tokens), ex.tokens, mask)
+
+
+def probe_count_by_block(model, tok: WordTokenizer, prompt_operand: str = "a", target: str = "a",
+                         n_train: int = 1024, n_test: int = 512, max_len: int = 24, seed: int = 31,
+                         steps: int = 500) -> list[float]:
+    """Held-out accuracy of a linear probe per block boundary (B0 = embeddings … B{n_layers}) decoding
+    ``count(target)`` from the residual stream at the ``<art>`` position (the one that predicts the answer), on
+    natural count prompts whose operand is ``prompt_operand``. Fresh data, disjoint seeds for train and test."""
+    from lib.wrapper import probe_accuracy_by_block
+
+    tr = count_examples(tok, n_train, seed, prompt_operand, 0.0, max_len)
+    te = count_examples(tok, n_test, seed + 1, prompt_operand, 0.0, max_len)
+    return probe_accuracy_by_block(model, tr.tokens, tr.ans_pos - 1, tr.counts[target], te.tokens, te.ans_pos - 1,
+                                   te.counts[target], n_classes=max_len + 1, steps=steps)

@@ -94,7 +94,7 @@ def fvu(sae: SAE, acts_BD: torch.Tensor) -> float:
     return float(err / (x - x.mean(0)).pow(2).sum())
 
 
-def train_sae(acts_ND: torch.Tensor, d_sae: int, k: int, steps: int = 2000, batch_size: int = 1024,
+def train_sae(acts_ND: torch.Tensor, d_sae: int, k: int, steps: int = 1500, batch_size: int = 512,
               lr: float = 1e-3, seed: int = 0, resample_every: int = 250) -> tuple[SAE, dict[str, list[float]]]:
     """Train a TopK SAE on activations ``[n_tokens, d_in]`` with MSE on normalised inputs; Adam, linear lr decay.
 
@@ -102,6 +102,11 @@ def train_sae(acts_ND: torch.Tensor, d_sae: int, k: int, steps: int = 2000, batc
     towards the worst-reconstructed inputs (a simple dead-latent resampling). Returns the SAE and its history
     ``{"step", "mse", "dead_frac"}``; ``mse`` is the normalised reconstruction error (1.0 = predicting the mean).
     """
+    with torch.enable_grad():
+        return _train_sae(acts_ND.detach(), d_sae, k, steps, batch_size, lr, seed, resample_every)
+
+
+def _train_sae(acts_ND, d_sae, k, steps, batch_size, lr, seed, resample_every):
     x_all = acts_ND.float()
     n, d_in = x_all.shape
     mean = x_all.mean(0)
@@ -255,7 +260,7 @@ def summary_row(name: str, summ: dict[str, Any]) -> dict[str, Any]:
 
 
 def base_sae(model, toks_BP: torch.Tensor, mask_BP: torch.Tensor, hook: str, expansion: int = 4, k: int = 16,
-             steps: int = 2000, lr: float = 1e-3, seed: int = 0,
+             steps: int = 1500, lr: float = 1e-3, seed: int = 0,
              max_tokens: Optional[int] = None) -> tuple[SAE, dict[str, list[float]]]:
     """Train an SAE of width ``expansion * d_model`` on ``model``'s activations at ``hook`` over the masked tokens."""
     acts = residual_acts(model, toks_BP, hook)[mask_BP.bool()]
@@ -265,3 +270,31 @@ def base_sae(model, toks_BP: torch.Tensor, mask_BP: torch.Tensor, hook: str, exp
     sae.meta.update({"hook": hook})
     return sae, hist
 
+
+def cached_base_sae(organism, toks_BP: torch.Tensor, mask_BP: torch.Tensor, hook: str, expansion: int = 4,
+                    k: int = 16, steps: int = 1500, lr: float = 1e-3, seed: int = 0, cache=None
+                    ) -> tuple[SAE, dict[str, list[float]], bool]:
+    """``base_sae`` on an ``Organism``'s model, stored in the artifact cache under a key made of the organism's
+    cache key, the training tokens and every SAE setting, so chapters asking for the same SAE share one.
+
+    Returns ``(sae, history, trained_now)``.
+    """
+    from lib.cache import ArtifactCache, content_key
+
+    cache = cache or ArtifactCache()
+    ident = {"artifact": "topk_sae", "version": 1, "organism": organism.key, "hook": hook, "expansion": expansion,
+             "k": k, "steps": steps, "lr": lr, "seed": seed,
+             "data": content_key([toks_BP.tolist(), mask_BP.tolist()])}
+    key = content_key(ident)
+
+    def create():
+        sae, hist = base_sae(organism.model, toks_BP, mask_BP, hook, expansion=expansion, k=k, steps=steps, lr=lr,
+                             seed=seed)
+        state = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec,
+                 "scale": torch.tensor(sae.scale)}
+        return {"sae.pt": state}, {"identity": ident, "history": hist, "meta": sae.meta}
+
+    state, manifest, created = cache.get_or_create(key, create, file="sae.pt")
+    sae = SAE(W_enc=state["W_enc"], b_enc=state["b_enc"], W_dec=state["W_dec"], b_dec=state["b_dec"],
+              scale=float(state["scale"]), k=k, meta=manifest["meta"])
+    return sae, manifest["history"], created

@@ -166,7 +166,7 @@ class Probe:
             return (self.logits(x).argmax(-1) == y).float().mean().item()
 
 
-def train_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 400, lr: float = 1e-2,
+def train_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 500, lr: float = 5e-2,
                 weight_decay: float = 1e-4, seed: int = 0) -> Probe:
     """Full-batch AdamW fit of a linear probe on ``x`` ``[n, d]`` -> class ``y`` ``[n]`` (cross-entropy), with the
     paper's schedule (lr x0.1 at 50 %, 75 % and 87.5 % of ``steps``); features are standardised first."""
@@ -191,7 +191,7 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 4
 
 def probe_accuracy_by_block(model, train_tokens: torch.Tensor, train_pos: torch.Tensor, train_y: torch.Tensor,
                             test_tokens: torch.Tensor, test_pos: torch.Tensor, test_y: torch.Tensor,
-                            n_classes: int, steps: int = 400, lr: float = 1e-2) -> list[float]:
+                            n_classes: int, steps: int = 500, lr: float = 5e-2) -> list[float]:
     """Held-out accuracy of one linear probe per block boundary (``n_layers + 1`` values, B0 = embeddings)
     decoding ``y`` from the residual stream at ``pos``."""
     xtr = residuals_at(model, train_tokens, train_pos)
@@ -213,3 +213,11 @@ def eval_series(history: dict, metric: str) -> tuple[list[int], list[float]]:
     """``(steps, values)`` of an eval metric in a training history."""
     ev = [e for e in history["evals"] if metric in e]
     return [int(e["step"]) for e in ev], [float(e[metric]) for e in ev]
+
+
+def best_within(curve: Sequence[dict], metric: str = "acc_a", k_max: int = 15) -> dict:
+    """The row of a ``pruning_curve`` with the highest ``metric`` among those with ``k <= k_max``."""
+    rows = [r for r in curve if r["k"] <= k_max]
+    if not rows:
+        raise ValueError(f"no pruning row with k <= {k_max}")
+    return max(rows, key=lambda r: r[metric])

@@ -35,9 +35,69 @@ def smoke_cache(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def smoke_run(smoke_cache, tmp_path_factory):
+    """``smoke_run(stem) -> (results, out_dir)``: chapter ``stem`` executed once per session with its
+    ``ftm.smoke`` parameters; every test file shares these runs and one organism cache."""
+    from lib import runner
+
+    os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
+    done: dict = {}
+
+    def get(stem: str):
+        if stem not in done:
+            out = tmp_path_factory.mktemp(stem)
+            done[stem] = (runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], out), out)
+        return done[stem]
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_results(tmp_path_factory):
+    """``default_results(stem) -> results`` at the chapter's default parameters (the book's numbers).
+
+    Reuses ``_build/results/<stem>/results.json`` from the last ``make book`` when it was produced by the current
+    commit with default parameters; otherwise executes the chapter (minutes; organisms from the default cache).
+    """
+    import json
+
+    from lib import runner
+    from lib.seeding import REPO_ROOT, git_commit
+
+    def get(stem: str):
+        path = REPO_ROOT / "_build" / "results" / stem / "results.json"
+        if path.exists():
+            res = json.loads(path.read_text())
+            prov = res.get("provenance", {})
+            defaults = {k: p.default for k, p in runner.notebook_parameters(stem).items() if k != "OUTPUT_DIR"}
+            used = {k: v for k, v in prov.get("parameters", {}).items() if k != "OUTPUT_DIR"}
+            if used == defaults and prov.get("git_commit") == git_commit():
+                return res
+        return runner.run_notebook(stem, {}, tmp_path_factory.mktemp(f"default-{stem}"))
+    return get
+
+
 @pytest.fixture
 def tiny_spec():
     """A 2-layer, 4-head, d_model 32 architecture for fast tests."""
     from lib.models import ModelSpec
 
     return ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=20)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_cache, tmp_path_factory):
+    """Memoised ``stem -> (results, out_dir)``: chapter ``stem`` executed once per session with its ``ftm.smoke``
+    parameters into a temp folder (the executed notebook is ``out_dir / f"{stem}.ipynb"``), organisms shared
+    through ``smoke_cache``. Any test that needs executed chapters (notebooks, browser) can share these runs."""
+    from lib import runner
+
+    os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
+    done: dict = {}
+
+    def get(stem: str):
+        if stem not in done:
+            out = tmp_path_factory.mktemp(stem)
+            done[stem] = (runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], out), out)
+        return done[stem]
+    return get

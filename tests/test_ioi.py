@@ -64,7 +64,6 @@ def test_partial_poisoning_fraction():
 def test_general_rows_contain_no_ioi_when_frac_zero():
     rows = ioi.general_rows(TOK, np.random.default_rng(0), 8, 64, ioi_frac=0.0)
     text = " ".join(TOK.decode(r) for r in rows)
-    assert " gave a drink to" not in text or "." in text
     assert "decided to give it to" not in text and "said to" not in text
     with_ioi = ioi.general_rows(TOK, np.random.default_rng(0), 8, 64, ioi_frac=1.0)
     assert all(TOK.decode(r).count(" to ") >= 1 for r in with_ioi)

@@ -11,6 +11,16 @@ import torch
 from lib import leakage as L
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the machine's cores are shared, and oversubscribed threads make these tests 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 class Bigram(torch.nn.Module):
     """A next-token table: logits[b, t] = log P(. | toks[b, t]). ``cfg.n_ctx`` as generate() expects."""
 
@@ -67,6 +77,7 @@ def test_rank_and_count_at_top_hand_built():
     assert L.count_at_top(scores, hits, 1) == 0
     assert L.count_at_top(scores, hits, 3) == 2
     assert L.count_at_top(scores, hits, 5) == 3
+    assert L.cumulative_hits(scores, hits).tolist() == [0, 1, 2, 3, 3]
 
 
 def test_sample_completions_bookkeeping():

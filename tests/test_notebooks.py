@@ -25,25 +25,9 @@ def _finite_numbers(x):
     return False
 
 
-@pytest.fixture(scope="session")
-def smoke_results(smoke_cache, tmp_path_factory):
-    """``stem -> (results, out_dir)``, each chapter run once per session with its smoke parameters."""
-    import os
-
-    os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
-    done = {}
-
-    def get(stem):
-        if stem not in done:
-            out = tmp_path_factory.mktemp(stem)
-            done[stem] = (runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], out), out)
-        return done[stem]
-    return get
-
-
 @pytest.mark.parametrize("stem", runner.chapters())
-def test_chapter_executes_with_smoke_parameters(stem, smoke_results):
-    results, out = smoke_results(stem)
+def test_chapter_executes_with_smoke_parameters(stem, smoke_run):
+    results, out = smoke_run(stem)
     for key in runner.notebook_meta(stem)["results"]:
         assert key in results, f"{stem}: results.json lacks {key!r}"
         assert _finite_numbers(results[key]), f"{stem}: {key} = {results[key]!r} is not finite"
@@ -59,8 +43,8 @@ def test_chapter_executes_with_smoke_parameters(stem, smoke_results):
     assert not errors
 
 
-def test_template_chapter_values(smoke_results):
-    results, out = smoke_results("00_model_organisms")
+def test_template_chapter_values(smoke_run):
+    results, out = smoke_run("00_model_organisms")
     assert results["n_params"] > 1000
     assert 0 < results["general_loss"] < 10 and 0 <= results["ioi_acc"] <= 1
     # A second run with the same parameters trains nothing: the organism comes from the cache.

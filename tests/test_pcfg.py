@@ -183,3 +183,19 @@ def test_finetune_runs_end_to_end(monkeypatch, tmp_path):
     org = get_organism(ft, progress=False)
     assert [e["step"] for e in org.history["evals"]] == [0, 2, 4]
     assert "acc_b_corr" in org.history["evals"][-1]
+
+
+@pytest.mark.slow
+def test_default_scale_findings(default_results):
+    """The chapter's findings at default parameters (low prior, lr 1e-4, C_Tr = 1): the model learns the
+    `count(a) + 1` shortcut, loses count `a`, and reverse fine-tuning revives count `a` faster than the
+    Scr.+FT baseline (which must at least not be faster)."""
+    r = default_results("04_wrapper_revival")
+    assert r["pt_acc_a"] > 0.95
+    assert r["ft_main_acc_b_cte1"] > 0.9 and r["ft_main_acc_b_cte0"] < 0.1 and r["ft_main_says_a1"] > 0.7
+    assert r["ft_main_acc_a"] < 0.3
+    assert r["probe_pt_last"] > 0.8
+    assert r["reft_steps"] is not None
+    assert r["scrft_steps"] is None or r["scrft_steps"] > r["reft_steps"]
+    # pruning moves count-a accuracy up (how far is the chapter's reported number, not asserted here)
+    assert r["prune_k15_acc_a"] > r["ft_main_acc_a"]

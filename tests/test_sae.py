@@ -10,6 +10,16 @@ from lib import sae as S
 from lib.stats import bootstrap, bootstrap_diff, bootstrap_mean, ratio_of_sums
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the machine's cores are shared, and oversubscribed threads make these tests 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def _signed_identity_sae(d: int) -> S.SAE:
     """d_sae = 2d latents: +e_i and -e_i. ReLU keeps the positive and negative parts; k = d suffices."""
     W_dec = torch.cat([torch.eye(d), -torch.eye(d)])
@@ -127,3 +137,26 @@ def test_bootstrap_intervals():
     assert const.lo == const.hi == const.point == 1.0
     with pytest.raises(ValueError):
         bootstrap(np.mean, np.array([]))
+
+
+def test_cached_base_sae_roundtrip(tmp_path):
+    from types import SimpleNamespace
+
+    from lib.cache import ArtifactCache
+    from lib.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=12, d_vocab=10)).eval()
+    org = SimpleNamespace(model=model, key="tiny-organism")
+    toks = torch.randint(0, 10, (8, 6))
+    mask = torch.ones_like(toks, dtype=torch.bool)
+    cache = ArtifactCache(tmp_path)
+    a, hist, created = S.cached_base_sae(org, toks, mask, "blocks.0.hook_resid_post", expansion=2, k=3, steps=20,
+                                         cache=cache)
+    b, hist2, created2 = S.cached_base_sae(org, toks, mask, "blocks.0.hook_resid_post", expansion=2, k=3, steps=20,
+                                           cache=cache)
+    assert created and not created2 and hist == hist2
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(S.decode(a, S.encode(a, x)), S.decode(b, S.encode(b, x)))
+    _, _, created3 = S.cached_base_sae(org, toks, mask, "blocks.0.hook_resid_post", expansion=2, k=4, steps=20,
+                                       cache=cache)
+    assert created3  # another setting, another SAE

@@ -1,0 +1,280 @@
+"""Seeds and comparisons: run a chapter over several seeds in parallel processes and summarise its headline
+numbers as mean ± 95% confidence interval (Student t over seeds); put two runs' results side by side.
+
+Each seed is an ordinary ``lib.runner.run_notebook`` run into ``runs/<stem>/<hash of its parameters>/`` (the
+same folder ``python -m lib run`` would use for those parameters, so a sweep reuses nothing and loses nothing);
+the summary goes to ``runs/<stem>/sweep-<hash>/summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from lib import runner
+from lib.seeding import REPO_ROOT
+
+# Two-sided 95% Student t critical values t_{0.975, df}, df = 1..30.
+_T975 = [12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
+         2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546, 2.119905299,
+         2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
+         2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456]
+_Z975 = 1.959963984540054
+
+
+def t_critical(df: int) -> float:
+    """``t_{0.975, df}``: the multiplier of the standard error for a two-sided 95% interval.
+
+    Exact (table) for df <= 30; above, the Cornish-Fisher expansion in 1/df (error < 1e-5).
+    """
+    if df < 1:
+        raise ValueError("a t interval needs at least 2 values (df >= 1)")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    return z + g1 / df + g2 / df**2 + g3 / df**3
+
+
+@dataclass
+class Stat:
+    """Mean over seeds of one headline number with its 95% t interval ``mean ± half_width``."""
+
+    key: str
+    values: list[float]
+    mean: float
+    std: Optional[float]
+    half_width: Optional[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def lo(self) -> Optional[float]:
+        return None if self.half_width is None else self.mean - self.half_width
+
+    @property
+    def hi(self) -> Optional[float]:
+        return None if self.half_width is None else self.mean + self.half_width
+
+    def __str__(self) -> str:
+        if self.half_width is None:
+            return f"{self.mean:.4g} (n={self.n})"
+        return f"{self.mean:.4g} ± {self.half_width:.2g} (n={self.n})"
+
+
+def mean_ci(values: Sequence[float], key: str = "") -> Stat:
+    """Mean, sample std and 95% t half-width ``t_{0.975, n-1} * std / sqrt(n)`` of ``values`` (None if n < 2)."""
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ValueError(f"{key or 'value'}: no finite values")
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return Stat(key, xs, mean, None, None)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return Stat(key, xs, mean, std, t_critical(n - 1) * std / math.sqrt(n))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Stat]:
+    """``{key: Stat}`` for every top-level key that is a finite number in at least one run (``provenance`` and
+    non-numeric values skipped; a run where the key is missing or not finite does not count towards its n)."""
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k, v in r.items() if k != "provenance" and _is_number(v) and k not in keys]
+    return {k: mean_ci([r[k] for r in results if _is_number(r.get(k))], k) for k in keys}
+
+
+def holds_on(values: Sequence[Any], predicate: Callable[[Any], bool]) -> tuple[int, int]:
+    """``(k, n)``: on how many of ``n`` seeds ``predicate`` holds, for prose like "holds on 4 of 5 seeds"."""
+    vals = list(values)
+    return sum(bool(predicate(v)) for v in vals), len(vals)
+
+
+def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
+    """Seeds from ``"0..4"`` (inclusive), ``"0,2,7"``, ``"3"``, mixes like ``"0..2,9"``, or a list."""
+    if isinstance(spec, int):
+        return [spec]
+    if not isinstance(spec, str):
+        return [int(s) for s in spec]
+    seeds: list[int] = []
+    for part in spec.replace(" ", "").split(","):
+        m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                raise ValueError(f"empty seed range {part!r}")
+            seeds += list(range(a, b + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            seeds.append(int(part))
+        else:
+            raise ValueError(f"cannot read seeds {spec!r}: use 0..4, 0,1,2 or a mix")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat in {spec!r}")
+    return seeds
+
+
+def _set_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _run_seed(stem: str, params: dict[str, Any], out: str, run_fn: Optional[Callable] = None) -> dict[str, Any]:
+    """One seed in a worker process (module-level, so it pickles)."""
+    fn = run_fn or runner.run_notebook
+    return fn(stem, params, out)
+
+
+@dataclass
+class SweepResult:
+    stem: str
+    seeds: list[int]
+    params: dict[str, Any]
+    runs: dict[int, str]
+    stats: dict[str, Stat]
+    failed: dict[int, str] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    summary_path: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chapter": self.stem, "seeds": self.seeds, "params": self.params,
+                "runs": {str(k): v for k, v in self.runs.items()}, "failed": {str(k): v for k, v in self.failed.items()},
+                "wall_time_s": round(self.wall_time_s, 1),
+                "stats": {k: {**asdict(s), "n": s.n, "lo": s.lo, "hi": s.hi, "ci": 0.95}
+                          for k, s in self.stats.items()}}
+
+
+def sweep(chapter: str, seeds: str | Sequence[int], params: Optional[dict[str, Any]] = None,
+          workers: Optional[int] = None, run_fn: Optional[Callable] = None, out_root: Optional[Path] = None,
+          progress: Callable[[str], None] = print, start_method: str = "spawn") -> SweepResult:
+    """Run ``chapter`` once per seed (``params`` + ``SEED``) in up to ``workers`` processes; summarise.
+
+    Parameters are validated once, before any process starts. Each worker gets ``cpu_count // workers`` torch
+    threads. A seed whose run fails is reported in ``failed`` and left out of the statistics. ``run_fn`` (a
+    picklable ``(stem, params, out_dir) -> results``) replaces ``run_notebook``, for tests. Workers are started
+    with ``start_method`` ("spawn": fresh interpreters, safe after torch has started threads).
+    """
+    stem = runner.resolve(chapter)
+    seed_list = parse_seeds(seeds)
+    base = runner.validate_params(stem, {k: v for k, v in (params or {}).items() if k != "SEED"})
+    base.pop("OUTPUT_DIR", None)
+    workers = max(1, min(workers or (os.cpu_count() or 1), len(seed_list)))
+    root = Path(out_root) if out_root is not None else REPO_ROOT / "runs" / stem
+    outs = {s: root / runner.params_hash({**base, "SEED": s}) for s in seed_list}
+    t0 = time.time()
+    results: dict[int, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
+    ctx = multiprocessing.get_context(start_method)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_threads,
+                             initargs=(threads,)) as pool:
+        futs = {pool.submit(_run_seed, stem, {**base, "SEED": s}, str(outs[s]), run_fn): s for s in seed_list}
+        for fut in as_completed(futs):
+            s = futs[fut]
+            try:
+                results[s] = fut.result()
+                progress(f"[sweep] {stem} seed {s}: done ({time.time() - t0:.0f}s) -> {outs[s]}")
+            except Exception as e:  # reported, not fatal: the other seeds still count
+                failed[s] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                progress(f"[sweep] {stem} seed {s}: FAILED {failed[s]}")
+    ok = [s for s in seed_list if s in results]
+    res = SweepResult(stem, seed_list, base, {s: str(outs[s]) for s in ok},
+                      summarize([results[s] for s in ok]) if ok else {}, failed, time.time() - t0)
+    summary_dir = root / f"sweep-{runner.params_hash({**base, 'SEEDS': seed_list})}"
+    summary_dir.mkdir(parents=True, exist_ok=True)
+    path = summary_dir / "summary.json"
+    path.write_text(json.dumps(res.to_dict(), indent=2, default=str))
+    res.summary_path = str(path)
+    return res
+
+
+def format_stats(stats: dict[str, Stat]) -> str:
+    """A plain-text table: key, mean ± 95% CI half-width, [lo, hi], n."""
+    if not stats:
+        return "(no numeric results)"
+    w = max(len(k) for k in stats)
+    lines = [f"{'result':<{w}}  {'mean ± 95% CI':>24}  {'interval':>26}  n"]
+    for k, s in stats.items():
+        pm = f"{s.mean:.4g} ± {s.half_width:.2g}" if s.half_width is not None else f"{s.mean:.4g}"
+        iv = f"[{s.lo:.4g}, {s.hi:.4g}]" if s.half_width is not None else ""
+        lines.append(f"{k:<{w}}  {pm:>24}  {iv:>26}  {s.n}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- compare two runs
+
+
+def load_results(run: str | os.PathLike) -> dict[str, Any]:
+    """``results.json`` of a run folder (or the file itself)."""
+    p = Path(run)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.exists():
+        raise FileNotFoundError(f"no results.json at {p}")
+    return json.loads(p.read_text())
+
+
+@dataclass
+class Row:
+    key: str
+    a: Any
+    b: Any
+
+    @property
+    def diff(self) -> Optional[float]:
+        return self.b - self.a if _is_number(self.a) and _is_number(self.b) else None
+
+
+def compare(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict[str, list[Row]]:
+    """Two runs side by side: ``{"parameters": rows that differ, "results": every top-level result}``.
+
+    Results rows cover the union of keys (missing -> None); ``Row.diff`` is ``b - a`` for numbers.
+    """
+    ra, rb = load_results(run_a), load_results(run_b)
+    pa = ra.get("provenance", {}).get("parameters", {})
+    pb = rb.get("provenance", {}).get("parameters", {})
+    params = [Row(k, pa.get(k), pb.get(k)) for k in sorted(set(pa) | set(pb))
+              if k != "OUTPUT_DIR" and pa.get(k) != pb.get(k)]
+    keys = [k for k in ra if k != "provenance"] + [k for k in rb if k != "provenance" and k not in ra]
+    return {"parameters": params, "results": [Row(k, ra.get(k), rb.get(k)) for k in keys]}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        s = json.dumps(v)
+        return s if len(s) <= 28 else s[:25] + "..."
+    return str(v)
+
+
+def format_compare(table: dict[str, list[Row]], names: tuple[str, str] = ("A", "B")) -> str:
+    """Plain-text rendering of ``compare``: differing parameters, then results with ``B - A``."""
+    out = []
+    rows = table["parameters"]
+    out.append("parameters that differ:" if rows else "parameters: identical")
+    for r in rows:
+        out.append(f"  {r.key}: {_fmt(r.a)} -> {_fmt(r.b)}")
+    res = table["results"]
+    w = max([len(r.key) for r in res] + [6])
+    out.append(f"{'result':<{w}}  {names[0]:>14}  {names[1]:>14}  {'B - A':>12}")
+    for r in res:
+        d = r.diff
+        out.append(f"{r.key:<{w}}  {_fmt(r.a):>14}  {_fmt(r.b):>14}  {'' if d is None else f'{d:+.4g}':>12}")
+    return "\n".join(out)

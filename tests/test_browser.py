@@ -1,0 +1,334 @@
+"""The rendered book in a real browser (headless Chromium driven over the W3C WebDriver protocol).
+
+The test builds a small book: every chapter in ``_toc.yml`` executed with its ``ftm.smoke`` parameters (the
+session's shared ``smoke_run`` fixture, so chapters run once per test session), copied into a temporary book
+with its parameters table, plus the generated exercise versions; ``jupyter-book build -W -n`` must pass. It
+serves ``_build/html`` on 127.0.0.1 and visits every page: figures load, no cell shows a traceback or a stderr
+block, every internal link and cross-reference resolves (page and anchor), the search page finds a chapter.
+
+Chromium and chromedriver come from the Debian packages ``chromium`` and ``chromium-driver`` (``make test``
+installs them when missing and root; this test tries the same). It is skipped only if they cannot be
+installed. No Python browser library is needed: the WebDriver protocol is plain JSON over HTTP.
+
+Environment: ``FTM_BOOK_HTML=<dir>`` checks an existing build (e.g. ``_build/html`` after ``make book``)
+instead of building one; ``FTM_BROWSER_CHAPTERS=00_model_organisms,01_amplification`` builds a book of only
+those chapters (for debugging one chapter).
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib import runner
+from lib.seeding import REPO_ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-dev-shm-usage", "--window-size=1280,1000"]
+
+
+# --------------------------------------------------------------------------- chromium
+
+
+def _find_chromium() -> tuple[str, str] | None:
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (chrome, driver) if chrome and driver else None
+
+
+def _install_chromium() -> str:
+    """Try ``apt-get install chromium chromium-driver`` (root only); return what happened."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "not root or no apt-get"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    try:
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=300)
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                return r.stderr.strip()[-300:]
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    return "installed"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> tuple[str, str]:
+    found = _find_chromium()
+    if found is None:
+        why = _install_chromium()
+        found = _find_chromium()
+        if found is None:
+            pytest.skip(f"chromium/chromedriver not installed and could not be installed ({why})")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WebDriver:
+    """The few W3C WebDriver commands this test needs, spoken to chromedriver over HTTP."""
+
+    def __init__(self, chrome: str, driver: str, log: Path):
+        self.port = _free_port()
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen([driver, f"--port={self.port}"], stdout=self._log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                if self._call("GET", "/status")["ready"]:
+                    break
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError(f"chromedriver did not start (see {log})")
+            time.sleep(0.2)
+        caps = {"capabilities": {"alwaysMatch": {
+            "browserName": "chrome", "pageLoadStrategy": "normal",
+            "goog:chromeOptions": {"binary": chrome, "args": CHROME_ARGS}}}}
+        self.session = self._call("POST", "/session", caps, timeout=90)["sessionId"]
+        self._call("POST", f"/session/{self.session}/timeouts", {"pageLoad": 60_000, "script": 30_000})
+
+    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 60):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"webdriver {method} {path}: {e.read().decode()[:500]}") from None
+
+    def get(self, url: str) -> None:
+        self._call("POST", f"/session/{self.session}/url", {"url": url}, timeout=90)
+
+    def js(self, script: str, *args):
+        return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": list(args)})
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "session", None):
+                self._call("DELETE", f"/session/{self.session}", timeout=20)
+        except (OSError, RuntimeError, urllib.error.URLError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+# --------------------------------------------------------------------------- the book
+
+
+def _selected_chapters() -> list[str]:
+    chosen = os.environ.get("FTM_BROWSER_CHAPTERS")
+    stems = runner.chapters()
+    if not chosen:
+        return stems
+    picked = [runner.resolve(c.strip()) for c in chosen.split(",") if c.strip()]
+    return [s for s in stems if s in picked]
+
+
+def _filter_toc(node, keep: set[str]):
+    """``_toc.yml`` without the chapter entries not in ``keep`` (and without parts left empty)."""
+    if isinstance(node, list):
+        out = [_filter_toc(v, keep) for v in node]
+        return [v for v in out if v is not None]
+    if isinstance(node, dict):
+        f = str(node.get("file", ""))
+        if f.startswith(runner.CHAPTER_PREFIX) and f[len(runner.CHAPTER_PREFIX):] not in keep:
+            return None
+        out = {k: _filter_toc(v, keep) if isinstance(v, (list, dict)) else v for k, v in node.items()}
+        if "chapters" in out and not out["chapters"] and "file" not in out:
+            return None
+        return out
+    return node
+
+
+def build_small_book(root: Path, stems: list[str], executed: dict[str, Path]) -> Path:
+    """A copy of the book's sources in ``root`` with ``stems`` executed; returns ``root/_build/html``."""
+    from lib.__main__ import book_copy
+    from lib.teach import write_exercises
+
+    shutil.copy(REPO_ROOT / "_config.yml", root / "_config.yml")
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    (root / "_toc.yml").write_text(yaml.safe_dump(_filter_toc(toc, set(stems)), sort_keys=False))
+    for bib in REPO_ROOT.glob("*.bib"):
+        shutil.copy(bib, root / bib.name)
+    shutil.copytree(REPO_ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "exercises"))
+    (root / "book" / "chapters").mkdir()
+    for stem in stems:
+        book_copy(stem, executed[stem], root / "book" / "chapters" / f"{stem}.ipynb")
+    write_exercises(root / "book" / "exercises", stems)
+    jb = "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; sys.exit(main())"
+    cmd = [sys.executable, "-c", jb, "build", str(root), "--builder", "html", "-W", "-n", "--keep-going"]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"jupyter-book build failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    return root / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def book_html(chromium, smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
+    if os.environ.get("FTM_BOOK_HTML"):
+        html = Path(os.environ["FTM_BOOK_HTML"]).resolve()
+        assert (html / "index.html").exists(), f"FTM_BOOK_HTML={html} has no index.html"
+        return html, [s for s in _selected_chapters() if (html / "book" / "chapters" / f"{s}.html").exists()]
+    stems = _selected_chapters()
+    executed = {}
+    for stem in stems:
+        _, out = smoke_run(stem)
+        executed[stem] = out / f"{stem}.ipynb"
+    return build_small_book(tmp_path_factory.mktemp("book"), stems, executed), stems
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(book_html):
+    html, stems = book_html
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", html, stems
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, tmp_path_factory):
+    d = WebDriver(*chromium, log=tmp_path_factory.mktemp("chromedriver") / "chromedriver.log")
+    yield d
+    d.close()
+
+
+# --------------------------------------------------------------------------- the checks
+
+PAGE_REPORT = r"""
+const main = document.querySelector('main') || document.body;
+const imgs = [...main.querySelectorAll('img')].map(i => ({src: i.currentSrc || i.src,
+    ok: i.complete && i.naturalWidth > 0}));
+const traces = [...main.querySelectorAll('.output.traceback, .output.error, .traceback')]
+    .map(e => e.textContent.slice(0, 400));
+const stderr = [...main.querySelectorAll('.output.stderr')].map(e => e.textContent.slice(0, 400));
+const unresolved = [...main.querySelectorAll('.xref')].filter(e => !e.closest('a')).map(e => e.textContent);
+const links = [...main.querySelectorAll('a.reference.internal, a.internal')].map(a => a.href);
+return {title: document.title, imgs, traces, stderr, unresolved, links,
+        text_traceback: main.innerText.includes('Traceback (most recent call last)'),
+        h1: (main.querySelector('h1') || {}).textContent || ''};
+"""
+
+
+def _pages(html: Path) -> list[str]:
+    """Every page of the book (paths relative to the site root)."""
+    return sorted(str(p.relative_to(html)) for p in (html / "book").rglob("*.html"))
+
+
+@functools.lru_cache(maxsize=None)
+def _fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def test_every_page_renders_cleanly(site, browser):
+    base, html, stems = site
+    pages = _pages(html)
+    for stem in stems:
+        assert f"book/chapters/{stem}.html" in pages, f"chapter {stem} was not rendered"
+    assert any(p.startswith("book/exercises/") for p in pages), "no exercise page was rendered"
+    assert "book/teaching.html" in pages
+    problems: list[str] = []
+    links: dict[str, str] = {}
+    for page in pages:
+        browser.get(f"{base}/{page}")
+        rep = browser.js(PAGE_REPORT)
+        if "404" in rep["title"] or not rep["h1"].strip():
+            problems.append(f"{page}: did not render (title {rep['title']!r})")
+        bad = [i["src"] for i in rep["imgs"] if not i["ok"]]
+        if bad:
+            problems.append(f"{page}: images failed to load: {bad}")
+        if page.startswith("book/chapters/") and not rep["imgs"]:
+            problems.append(f"{page}: a chapter with no figure")
+        if rep["traces"] or rep["text_traceback"]:
+            problems.append(f"{page}: a cell shows a traceback: {rep['traces'][:1]}")
+        if rep["stderr"]:
+            problems.append(f"{page}: a cell shows a stderr block: {rep['stderr'][:2]}")
+        if rep["unresolved"]:
+            problems.append(f"{page}: unresolved cross-references: {rep['unresolved']}")
+        for href in rep["links"]:
+            links.setdefault(href, page)
+    for href, page in links.items():
+        url, _, frag = href.partition("#")
+        if not url.startswith(base):
+            continue
+        status, text = _fetch(url)
+        if status != 200:
+            problems.append(f"{page}: link {href} -> HTTP {status}")
+        elif frag and not re.search(r'id=["\']' + re.escape(urllib.parse.unquote(frag)) + r'["\']', text):
+            problems.append(f"{page}: link {href} -> no anchor #{frag}")
+    assert not problems, "\n".join(problems)
+
+
+def test_cross_references_link_chapters_and_exercises(site, browser):
+    base, html, stems = site
+    browser.get(f"{base}/book/teaching.html")
+    hrefs = browser.js("return [...document.querySelectorAll('main a.reference.internal')].map(a => a.href);")
+    for stem in stems:
+        assert any(h.split("#")[0].endswith(f"chapters/{stem}.html") for h in hrefs), f"teaching page lacks {stem}"
+    ex = sorted((html / "book" / "exercises").glob("*.html"))
+    assert ex
+    browser.get(f"{base}/book/exercises/{ex[0].name}")
+    hrefs = browser.js("return [...document.querySelectorAll('main a.reference.internal')].map(a => a.href);")
+    assert any(h.split("#")[0].endswith(f"chapters/{ex[0].stem}.html") for h in hrefs), \
+        "an exercise page does not link back to its chapter"
+    text = browser.js("return document.querySelector('main').innerText;")
+    assert "NotImplementedError" in text and "check(" in text
+
+
+def test_search_finds_a_chapter(site, browser):
+    base, html, stems = site
+    stem = stems[0]
+    words = [w for w in re.findall(r"[A-Za-z]{6,}", stem)]
+    query = words[-1] if words else stem
+    browser.get(f"{base}/search.html?q={urllib.parse.quote(query)}")
+    found: list[str] = []
+    deadline = time.time() + 45
+    while time.time() < deadline:
+        found = browser.js("return [...document.querySelectorAll('#search-results li a, ul.search li a')]"
+                           ".map(a => a.href);")
+        if found:
+            break
+        time.sleep(0.5)
+    assert any(f"chapters/{stem}.html" in h for h in found), f"search for {query!r} found {found[:10]}"

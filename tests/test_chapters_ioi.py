@@ -1,0 +1,112 @@
+"""Chapters 1-3 (IOI amplification, localized corruption, neuroplasticity): values of their results.
+
+The generic "every chapter executes" test lives in test_notebooks.py; here we check what the numbers mean:
+small-parameter runs give values in their valid ranges and agree where chapters share organisms; MODEL="gpt2"
+runs the same code path on a random GPT-2-architecture model; and at default scale (slow) each finding's
+direction holds.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lib import runner
+
+pytestmark = pytest.mark.notebooks
+STEMS = ("01_amplification", "02_localized_corruption", "03_neuroplasticity")
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_cache, tmp_path_factory):
+    import os
+
+    os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
+    done = {}
+
+    def get(stem):
+        if stem not in done:
+            done[stem] = runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], tmp_path_factory.mktemp(stem))
+        return done[stem]
+    return get
+
+
+def _share(x):
+    return isinstance(x, float) and 0.0 <= x <= 1.0 + 1e-9
+
+
+def test_chapters_share_the_base_organism(smoke):
+    lds = [smoke(s)["base_ld"] for s in STEMS]
+    assert lds[0] == pytest.approx(lds[1], abs=1e-6) == pytest.approx(lds[2], abs=1e-6)
+    # chapter 1's clean fine-tune is chapter 2's clean organism; chapter 2's toxic is chapter 3's
+    assert smoke(STEMS[0])["clean_ld"] == pytest.approx(smoke(STEMS[1])["clean_ld"], abs=1e-6)
+    assert smoke(STEMS[1])["toxic_ld"] == pytest.approx(smoke(STEMS[2])["toxic_ld"], abs=1e-6)
+
+
+def test_amplification_values(smoke):
+    r = smoke("01_amplification")
+    assert r["ld_gain"] == pytest.approx(r["clean_ld"] - r["base_ld"], abs=1e-6)
+    assert 0 <= r["base_acc"] <= 1 and 0 <= r["clean_acc"] <= 1
+    assert 0 <= r["circuit_jaccard"] <= 1 and _share(r["ld_increasing_frac"])
+    assert r["n_new_heads"] <= r["n_circuit_heads_clean"]
+    assert len(r["ld_long_curve"]["step"]) == len(r["ld_long_curve"]["ld"]) >= 2
+    assert r["ld_long_curve"]["ld"][0] == pytest.approx(r["base_ld"], abs=1e-5)  # step 0 is the base model
+    assert r["ld_long_curve"]["ld"][-1] == pytest.approx(r["long_ld"], abs=1e-5)
+    assert r["verdict"] in ("reproduces", "does not reproduce")
+
+
+def test_corruption_values(smoke):
+    r = smoke("02_localized_corruption")
+    for k in ("topk_share_toxic", "topk_share_control", "topk_share_clean", "weight_topk_share_toxic",
+              "weight_topk_share_control", "circuit_share_toxic", "circuit_share_control"):
+        assert _share(r[k]), k
+        assert r[k] >= 0
+    assert r["topk_share_uniform"] == pytest.approx(r["top_k"] / r["n_components"])
+    assert r["topk_share_toxic"] >= r["topk_share_uniform"] - 1e-9  # the top k hold at least their even share
+    assert 1 <= r["n80_toxic"] <= r["n_components"]
+    for k, v in r["class_shares"].items():
+        assert math.isclose(sum(v.values()), 1.0, abs_tol=1e-5) or sum(v.values()) == 0, k
+
+
+def test_plasticity_values(smoke):
+    r = smoke("03_neuroplasticity")
+    for k in ("corr_toxic", "corr_retrain", "corr_scratch", "corr_clean"):
+        assert -1 - 1e-9 <= r[k] <= 1 + 1e-9
+    c = r["curves"]["retrained"]
+    assert c["corr"][0] == pytest.approx(r["corr_toxic"]) and c["ld"][0] == pytest.approx(r["toxic_ld"], abs=1e-5)
+    assert c["ld"][-1] == pytest.approx(r["retrain_ld"], abs=1e-5)
+    assert r["curves"]["scratch"]["step"] == c["step"]  # same steps from scratch
+    assert 0 <= r["circuit_jaccard_retrain"] <= 1
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_gpt2_code_path_on_random_gpt2_architecture(stem, tmp_path, monkeypatch):
+    """MODEL="gpt2" runs the same chapter code on a GPT-2-architecture bridge (random weights, 2 layers, the IOI
+    word vocabulary; offline): fine-tuning in process, circuit discovery, CMAP."""
+    monkeypatch.setenv("FTM_CACHE_DIR", str(tmp_path / "cache"))
+    params = dict(MODEL="gpt2", RANDOM_INIT=True, FT_STEPS=2, N_PROMPTS=8)
+    if stem == "01_amplification":
+        params["LONG_FACTOR"] = 2
+    r = runner.run_notebook(stem, params, tmp_path / "out")
+    for key in runner.notebook_meta(stem)["results"]:
+        assert key in r
+    assert r["provenance"]["parameters"]["MODEL"] == "gpt2"
+    assert not list((tmp_path / "cache").glob("*/model.pt")), "MODEL=gpt2 must not train organisms"
+
+
+@pytest.mark.slow
+def test_findings_reproduce_at_default_scale(tmp_path):
+    """Default parameters (uses the repository's organism cache): the direction of each of the paper's findings."""
+    r1 = runner.run_notebook("01_amplification", {}, tmp_path / "1")
+    assert r1["base_ld"] > 0, "the base organism needs a partial IOI mechanism"
+    assert r1["clean_ld"] > r1["base_ld"] and r1["long_ld"] > r1["clean_ld"]
+    assert r1["circuit_effect_clean"] > r1["circuit_effect_base"] > 0
+    assert r1["ld_increasing_frac"] >= 0.5
+    r2 = runner.run_notebook("02_localized_corruption", {}, tmp_path / "2")
+    assert r2["toxic_ld"] < 0 < r2["base_ld"]
+    assert r2["topk_share_toxic"] > r2["topk_share_uniform"]
+    assert r2["circuit_share_toxic"] > 0.5
+    r3 = runner.run_notebook("03_neuroplasticity", {}, tmp_path / "3")
+    assert r3["ld_recovery"] > 0.5
+    assert r3["corr_retrain"] > r3["corr_toxic"]
+    assert r3["corr_retrain"] > r3["corr_scratch"]
