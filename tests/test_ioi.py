@@ -69,6 +69,15 @@ def test_general_rows_contain_no_ioi_when_frac_zero():
     assert all(TOK.decode(r).count(" to ") >= 1 for r in with_ioi)
 
 
+def test_cast_restricts_names_per_row():
+    rows = ioi.general_rows(TOK, np.random.default_rng(0), 6, 64, ioi_frac=0.0, cast_size=3)
+    names = set(ioi.NAMES)
+    for r in rows:
+        assert len({w for w in TOK.decode(r).split() if w in names}) <= 3
+    free = ioi.general_rows(TOK, np.random.default_rng(0), 6, 64, ioi_frac=0.0)
+    assert max(len({w for w in TOK.decode(r).split() if w in names}) for r in free) > 3
+
+
 def test_recipe_builders_lineage_and_keys():
     base = ioi.base_recipe()
     clean, toxic, control = ioi.clean_recipe(base), ioi.toxic_recipe(base), ioi.control_recipe(base)
@@ -79,7 +88,7 @@ def test_recipe_builders_lineage_and_keys():
     assert len(keys) == 6
     assert ioi.clean_recipe(base).key() == clean.key()  # equal arguments share the cached organism
     assert ioi.toxic_recipe(base, poison_frac=0.5).key() != toxic.key()
-    assert control.data == "pretrain" and control.data_kwargs == {"ioi_frac": 0.0}
+    assert control.data == "pretrain" and control.data_kwargs == {**base.data_kwargs, "ioi_frac": 0.0}
     assert control.train.steps == clean.train.steps and control.train.lr == clean.train.lr
     assert scratch.parent is None and scratch.model == base.model
     assert ioi.ckpt_steps(clean)[-1] == clean.train.steps and len(ioi.ckpt_steps(clean)) >= 4
