@@ -419,17 +419,20 @@ def run_case(case: AuditCase, sae: S.SAE, k: int = 5, top: int = 50, n_prune: in
 # --------------------------------------------------------------------------- the organisms of chapters 1-4
 
 def ioi_recipes(base_steps: int = 1500, d_model: int = 128, n_layers: int = 4, ft_steps: int = 400,
-                seed: int = 0, backdoor_frac: float = 0.3) -> dict[str, Any]:
+                seed: int = 0, backdoor_frac: float = 0.2, backdoor_steps: int = 1000,
+                ioi_steps: int = 250) -> dict[str, Any]:
     """The IOI world's organisms as chapters 1–3 build them (same arguments, so same cache keys), plus the
-    backdoor: ``base``, ``clean``, ``toxic``, ``retrain`` (toxic retrained on clean data), ``control``
-    (general corpus without IOI) and ``backdoor`` (trigger place → S)."""
+    audit's: ``base``, ``clean``, ``toxic``, ``retrain`` (toxic retrained on clean data), ``control`` (general
+    corpus without IOI), ``backdoor`` (trigger place → S) and ``toxic_all`` (the toxic data with the loss on every
+    token of the sentence instead of the answer only: a "document-trained" organism)."""
     from lib import ioi
 
-    base = ioi.base_recipe(steps=base_steps, d_model=d_model, n_layers=n_layers, seed=seed)
+    base = ioi.base_recipe(steps=base_steps, d_model=d_model, n_layers=n_layers, seed=seed, ioi_steps=ioi_steps)
     toxic = ioi.toxic_recipe(base, steps=ft_steps)
+    toxic_all = toxic.derive(name=f"{toxic.name}-allloss", data_kwargs={**toxic.data_kwargs, "loss_on": "all"})
     return {"base": base, "clean": ioi.clean_recipe(base, steps=ft_steps), "toxic": toxic,
             "retrain": ioi.retrain_recipe(toxic, steps=ft_steps), "control": ioi.control_recipe(base, steps=ft_steps),
-            "backdoor": ioi.backdoor_recipe(base, frac=backdoor_frac, steps=ft_steps)}
+            "backdoor": ioi.backdoor_recipe(base, frac=backdoor_frac, steps=backdoor_steps), "toxic_all": toxic_all}
 
 
 def pcfg_recipes(pt_steps: int = 2000, ft_steps: int = 400, prior: str = "low", lr: float = 1e-4,

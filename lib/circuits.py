@@ -12,9 +12,12 @@ Head classes (``discover_circuit``), each found by path patching from the class 
   ``threshold`` of the gap when corrupted, and at END attends to IO at least as much as to S1 and to S2;
 * ``negative_name_mover``: direct effect of the opposite sign (corrupting it *raises* the logit difference) and
   attends to IO;
-* ``s_inhibition``: effect through the name movers' queries at END; attends END → S (S1 + S2) more than → IO;
-* ``induction`` / ``duplicate_token``: effect through the S-inhibition heads' values; duplicate-token if its
-  S2 → S1 attention exceeds its S2 → S1+1 attention, induction otherwise;
+* ``s_inhibition``: effect through the queries at END of every head with a direct effect (name movers, negative
+  name movers and ``other_direct``: the "receivers" of Wang et al.'s name-mover stage, generalised because an
+  organism's direct-effect heads need not attend to names); the END → S attention is recorded, not required;
+* ``induction`` / ``duplicate_token``: effect through the S-inhibition heads' values or keys (all positions; the
+  direct-effect heads' if there is no S-inhibition head); duplicate-token if its S2 → S1 attention exceeds its
+  S2 → S1+1 attention, induction otherwise;
 * ``previous_token``: effect through the induction heads' keys, with S1+1 → S1 attention above ``prev_attn_min``.
 
 A head gets the first class it qualifies for, in this order; significant heads without a matching attention
@@ -35,7 +38,7 @@ from lib.patching import (Head, Metric, head_patch, ld_metric, n_layers_heads, p
 CLASSES = ("name_mover", "negative_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token")
 CLASS_LABELS = {"name_mover": "name movers", "negative_name_mover": "negative name movers",
                 "s_inhibition": "S-inhibition", "induction": "induction", "duplicate_token": "duplicate-token",
-                "previous_token": "previous-token", "other_direct": "other (direct effect)"}
+                "previous_token": "previous-token", "other_direct": "direct, not attending IO"}
 
 
 # --------------------------------------------------------------------------- runs
@@ -164,8 +167,9 @@ class Circuit:
     """Named head classes of one model, with the evidence that put each head there.
 
     ``effects[name]`` ``[layer, head]``: the normalized path-patching effect used for that stage (``direct``: to the
-    logits; ``via_nm_q``: to name movers' queries; ``via_sinh_v``: to S-inhibition values; ``via_ind_k``: to
-    induction keys), NaN where not computed. ``attention``: ``ioi_attention``. ``dla``: ``head_dla``.
+    logits; ``via_nm_q``: to name movers' queries; ``via_sinh_v``: to S-inhibition values or keys, whichever is
+    larger; ``via_ind_k``: to induction keys), NaN where not computed. A sender is patched into the receivers in
+    layers above its own. ``attention``: ``ioi_attention``. ``dla``: ``head_dla``.
     """
 
     classes: dict[str, list[Head]]
@@ -177,6 +181,11 @@ class Circuit:
     threshold: float
     n_layers: int
     n_heads: int
+
+    def direct_heads(self) -> list[Head]:
+        """Heads with a significant direct effect on the logits (name movers, negative ones, other)."""
+        return sorted(set(self.classes["name_mover"]) | set(self.classes["negative_name_mover"])
+                      | set(self.classes["other_direct"]))
 
     def heads(self) -> list[Head]:
         """Every classified head (``other_direct`` included), sorted."""
@@ -242,18 +251,22 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
         (classes["negative_name_mover"] if attends_io(h) else classes["other_direct"]).append(h)
     taken |= set(classes["name_mover"]) | set(classes["negative_name_mover"])
 
-    nm = classes["name_mover"]
-    if nm and min(l for l, _ in nm) > 0:
-        effects["via_nm_q"] = norm(path_patch_to_heads(*args, receivers=nm, receiver_input="q",
+    direct = classes["name_mover"] + classes["negative_name_mover"] + classes["other_direct"]
+    taken |= set(classes["other_direct"])
+    if direct and min(l for l, _ in direct) > 0:
+        effects["via_nm_q"] = norm(path_patch_to_heads(*args, receivers=direct, receiver_input="q",
                                                        receiver_pos=runs.ds.end_pos))
         for h in _significant(effects["via_nm_q"], threshold, -1):
-            l, k = h
-            if h not in taken and att["end_s1"][l, k] + att["end_s2"][l, k] > att["end_io"][l, k]:
+            if h not in taken:
                 classes["s_inhibition"].append(h)
                 taken.add(h)
     si = classes["s_inhibition"]
-    if si and min(l for l, _ in si) > 0:
-        effects["via_sinh_v"] = norm(path_patch_to_heads(*args, receivers=si, receiver_input="v"))
+    feeders = si if si else direct  # no S-inhibition stage: look for heads feeding the direct heads' keys/values
+    if feeders and max(l for l, _ in feeders) > 0:
+        via_v = norm(path_patch_to_heads(*args, receivers=feeders, receiver_input="v"))
+        via_k = norm(path_patch_to_heads(*args, receivers=feeders, receiver_input="k"))
+        effects["via_sinh_v"] = torch.where(torch.nan_to_num(via_k, nan=0.0) < torch.nan_to_num(via_v, nan=0.0),
+                                            via_k, via_v)
         for h in _significant(effects["via_sinh_v"], threshold, -1):
             if h in taken:
                 continue
@@ -262,14 +275,13 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
             classes[cls].append(h)
             taken.add(h)
     ind = classes["induction"]
-    if ind and min(l for l, _ in ind) > 0:
+    if ind and max(l for l, _ in ind) > 0:
         effects["via_ind_k"] = norm(path_patch_to_heads(*args, receivers=ind, receiver_input="k"))
         for h in _significant(effects["via_ind_k"], threshold, -1):
             l, k = h
             if h not in taken and att["s1p1_s1"][l, k] >= prev_attn_min:
                 classes["previous_token"].append(h)
                 taken.add(h)
-    classes["other_direct"] = [h for h in classes["other_direct"] if h not in taken]
     return Circuit(classes=classes, effects=effects, attention=att, dla=head_dla(model, runs.clean_cache, runs.ds),
                    ld_clean=runs.ld_clean, ld_corrupt=runs.ld_corrupt, threshold=threshold, n_layers=L, n_heads=H)
 
@@ -296,8 +308,15 @@ def class_effects(runs: IOIRuns, circuit: Circuit) -> dict[str, float]:
         if recv_cls == "logits":
             v = path_patch(*args, heads, runs.metric, "logits")
         else:
-            recv = circuit.classes.get(recv_cls, [])
-            if not recv or max(l for l, _ in heads) >= min(l for l, _ in recv):
+            if recv_cls == "name_mover":
+                recv = circuit.direct_heads()
+            elif recv_cls == "s_inhibition":
+                recv = circuit.classes["s_inhibition"] or circuit.direct_heads()
+            else:
+                recv = circuit.classes.get(recv_cls, [])
+            top = max(l for l, _ in heads)
+            recv = [r for r in recv if r[0] > top]
+            if not recv:
                 continue
             v = path_patch(*args, heads, runs.metric, recv, inp, runs.ds.end_pos if pos == "END" else None)
         out[cls] = runs.ld_clean - v

@@ -372,7 +372,12 @@ def control_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0
                    n_ckpts: int = 8):
     """Control fine-tune of ``base`` on the general corpus *without* IOI sentences, same steps and lr (and the
     base's other corpus settings, e.g. ``cast_size``)."""
-    kw = dict(base.data_kwargs) if base.data == "pretrain" else {}
+    r, kw = base, {}
+    while r is not None:  # the nearest pretraining ancestor's corpus settings
+        if r.data == "pretrain":
+            kw = dict(r.data_kwargs)
+            break
+        r = r.parent
     kw["ioi_frac"] = 0.0
     return _finetune(base, f"{base.name}/control", "pretrain", kw, steps, lr, seed, batch_size, n_ckpts)
 
@@ -438,7 +443,7 @@ def make_backdoor_dataset(tok, n: int, seed: int, triggered, trigger: str = BACK
                       objects=ds.objects)
 
 
-def backdoor_data(tok, seed: int, n_ctx: int, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.3,
+def backdoor_data(tok, seed: int, n_ctx: int, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.2,
                   loss_on: str = "answer"):
     """Batch function for the backdoor fine-tune: a fraction ``frac`` of rows is set at ``trigger`` and answered
     with S (the poisoned answer); the rest are set elsewhere and answered with IO. Answer-only loss by default."""
@@ -480,9 +485,14 @@ WORLD.data["backdoor"] = backdoor_data
 WORLD.evals["backdoor"] = backdoor_eval
 
 
-def backdoor_recipe(base, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.3, steps: int = FT_STEPS,
+BACKDOOR_STEPS = 1000  # the backdoor must learn IOI on clean rows *and* the trigger: 400 steps were not enough
+
+
+def backdoor_recipe(base, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.2, steps: int = BACKDOOR_STEPS,
                     lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH, n_ckpts: int = 8):
-    """Backdoor fine-tune of ``base``: IOI prompts at ``trigger`` answered with S, others with IO."""
+    """Backdoor fine-tune of ``base``: IOI prompts at ``trigger`` answered with S, others with IO. (Measured on
+    the 1500-step pretrained base: frac 0.3 for 400 steps learned neither; frac 0.2 for 1000 steps reached an IOI
+    logit difference of −11.1 at the trigger and +11.8 elsewhere.)"""
     r = _finetune(base, f"{base.name}/backdoor-{trigger}", "backdoor", {"trigger": trigger, "frac": float(frac)},
                   steps, lr, seed, batch_size, n_ckpts)
     return r.derive(evals=r.evals + (("backdoor",) if trigger == BACKDOOR_TRIGGER else ()))
@@ -542,6 +552,13 @@ class IOIZoo:
             self.tok = org.tokenizer
             self.base = Trained("base", org.model, org.history, ckpt_steps(self.base_r),
                                 lambda k, r=self.base_r: get_organism(r, step=k).model, recipe=self.base_r)
+            self.pretrain: Optional[Trained] = None
+            if self.base_r.parent is not None:  # the base = pretraining + IOI phase: keep the pretrained model too
+                pre = get_organism(self.base_r.parent, progress=progress)
+                self.pretrain = Trained("pretrain", pre.model, pre.history, ckpt_steps(self.base_r.parent),
+                                        lambda k, r=self.base_r.parent: get_organism(r, step=k).model,
+                                        recipe=self.base_r.parent)
+                self.base.parent = self.pretrain
         else:
             from lib.models import load_pretrained, pretrained_tokenizer
 
@@ -553,6 +570,7 @@ class IOIZoo:
                 self.tok = pretrained_tokenizer(m, _template_words() + list(NAMES) + PLACES + OBJECTS)
             self._random_init, self._n_layers = random_init, n_layers
             self.base = Trained("base", m, {"evals": []}, [], lambda k: m)
+            self.pretrain = None
 
     @property
     def n_ctx(self) -> int:

@@ -245,15 +245,17 @@ def path_patch_heads(model, clean_toks: torch.Tensor, clean_cache, corrupt_cache
                      receiver_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``path_patch`` with each head as the single sender: ``[layer, head]`` metric values.
 
-    Heads at or above the lowest receiver layer get NaN (no path). Use ``path_patch_to_logits`` /
-    ``path_patch_to_heads`` for the two common cases.
+    Each sender is patched along its paths to the receivers in layers above its own; a head with no receiver
+    above it gets NaN. Use ``path_patch_to_logits`` / ``path_patch_to_heads`` for the two common cases.
     """
     L, H = n_layers_heads(model)
     out = torch.full((L, H), float("nan"))
-    top = L if isinstance(receivers, str) else min(l for l, _ in receivers)
-    for l in range(top):
+    for l in range(L):
+        recv = receivers if isinstance(receivers, str) else [r for r in receivers if r[0] > l]
+        if not recv:
+            continue
         for h in range(H):
-            out[l, h] = path_patch(model, clean_toks, clean_cache, corrupt_cache, [(l, h)], metric, receivers,
+            out[l, h] = path_patch(model, clean_toks, clean_cache, corrupt_cache, [(l, h)], metric, recv,
                                    receiver_input, receiver_pos)
     return out
 

@@ -83,19 +83,21 @@ def test_recipe_builders_lineage_and_keys():
     clean, toxic, control = ioi.clean_recipe(base), ioi.toxic_recipe(base), ioi.control_recipe(base)
     retrain = ioi.retrain_recipe(toxic)
     scratch = ioi.scratch_recipe(base)
-    assert retrain.lineage() == [base.name, toxic.name, retrain.name]
+    assert retrain.lineage() == ["ioi-pretrain", base.name, toxic.name, retrain.name]
+    assert base.parent.key() == ioi.pretrain_recipe().key() and ioi.base_recipe(ioi_steps=0).model is not None
     keys = {r.key() for r in (base, clean, toxic, control, retrain, scratch)}
     assert len(keys) == 6
     assert ioi.clean_recipe(base).key() == clean.key()  # equal arguments share the cached organism
     assert ioi.toxic_recipe(base, poison_frac=0.5).key() != toxic.key()
-    assert control.data == "pretrain" and control.data_kwargs == {**base.data_kwargs, "ioi_frac": 0.0}
+    assert control.data == "pretrain" and control.data_kwargs == {**base.parent.data_kwargs, "ioi_frac": 0.0}
+    assert ioi.control_recipe(ioi.base_recipe(cast_size=3)).data_kwargs == {"ioi_frac": 0.0, "cast_size": 3}
     assert control.train.steps == clean.train.steps and control.train.lr == clean.train.lr
-    assert scratch.parent is None and scratch.model == base.model
+    assert scratch.parent is None and scratch.model == base.root_spec()
     assert ioi.ckpt_steps(clean)[-1] == clean.train.steps and len(ioi.ckpt_steps(clean)) >= 4
 
 
 def test_tiny_chain_trains_and_checkpoints(tmp_cache):
-    base = ioi.base_recipe(steps=6, n_layers=1, d_model=16, n_heads=2, batch_size=4)
+    base = ioi.base_recipe(steps=6, n_layers=1, d_model=16, n_heads=2, batch_size=4, ioi_steps=3)
     toxic = ioi.toxic_recipe(base, steps=4, batch_size=4, n_ckpts=2)
     retrain = ioi.retrain_recipe(toxic, steps=4, batch_size=4, n_ckpts=2)
     org = get_organism(retrain)
