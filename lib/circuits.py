@@ -21,7 +21,8 @@ Head classes (``discover_circuit``), each found by path patching from the class 
 * ``previous_token``: effect through the induction heads' keys, with S1+1 → S1 attention above ``prev_attn_min``.
 
 A head gets the first class it qualifies for, in this order; significant heads without a matching attention
-signature are listed under ``other_direct`` (direct effect) so nothing is hidden.
+signature are listed under ``other_direct`` (direct effect) or ``other_upstream`` (effect through the keys /
+values of later circuit heads, but S2 attends to neither S1 nor S1+1 above ``attn_min``), so nothing is hidden.
 """
 from __future__ import annotations
 
@@ -35,10 +36,12 @@ from lib.ioi import IOIDataset, logit_diff
 from lib.patching import (Head, Metric, head_patch, ld_metric, n_layers_heads, path_patch, path_patch_to_heads,
                           path_patch_to_logits, run_cache, z_name)
 
-CLASSES = ("name_mover", "negative_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token")
+CLASSES = ("name_mover", "negative_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token",
+           "other_upstream")
 CLASS_LABELS = {"name_mover": "name movers", "negative_name_mover": "negative name movers",
                 "s_inhibition": "S-inhibition", "induction": "induction", "duplicate_token": "duplicate-token",
-                "previous_token": "previous-token", "other_direct": "direct, not attending IO"}
+                "previous_token": "previous-token", "other_direct": "direct, not attending IO",
+                "other_upstream": "upstream, no dup./ind. attention"}
 
 
 # --------------------------------------------------------------------------- runs
@@ -200,7 +203,7 @@ class Circuit:
     def label_grid(self) -> list[list[str]]:
         """``[layer][head]`` short class labels ('' if none), for annotating heatmaps."""
         short = {"name_mover": "NM", "negative_name_mover": "nNM", "s_inhibition": "SI", "induction": "Ind",
-                 "duplicate_token": "Dup", "previous_token": "Prev", "other_direct": "dir"}
+                 "duplicate_token": "Dup", "previous_token": "Prev", "other_direct": "dir", "other_upstream": "up"}
         return [[short.get(self.class_of((l, h)) or "", "") for h in range(self.n_heads)]
                 for l in range(self.n_layers)]
 
@@ -218,7 +221,8 @@ def _significant(effect: torch.Tensor, threshold: float, sign: int = -1) -> list
 
 
 @torch.no_grad()
-def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: float = 0.3) -> Circuit:
+def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: float = 0.3,
+                     attn_min: float = 0.1) -> Circuit:
     """Classify heads into the IOI classes by path patching (see module docstring) on ``runs``.
 
     ``threshold``: the minimum |normalized effect| (fraction of the clean − corrupted logit-difference gap) for a
@@ -271,7 +275,10 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
             if h in taken:
                 continue
             l, k = h
-            cls = "duplicate_token" if att["s2_s1"][l, k] >= att["s2_s1p1"][l, k] else "induction"
+            if max(att["s2_s1"][l, k], att["s2_s1p1"][l, k]) < attn_min:
+                cls = "other_upstream"
+            else:
+                cls = "duplicate_token" if att["s2_s1"][l, k] >= att["s2_s1p1"][l, k] else "induction"
             classes[cls].append(h)
             taken.add(h)
     ind = classes["induction"]
@@ -291,6 +298,7 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
 _STAGE = {"name_mover": ("logits", None, None), "negative_name_mover": ("logits", None, None),
           "other_direct": ("logits", None, None), "s_inhibition": ("name_mover", "q", "END"),
           "induction": ("s_inhibition", "v", None), "duplicate_token": ("s_inhibition", "v", None),
+          "other_upstream": ("s_inhibition", "v", None),
           "previous_token": ("induction", "k", None)}
 
 
@@ -298,7 +306,8 @@ _STAGE = {"name_mover": ("logits", None, None), "negative_name_mover": ("logits"
 def class_effects(runs: IOIRuns, circuit: Circuit) -> dict[str, float]:
     """For each non-empty class of ``circuit`` (possibly found on *another* model with the same architecture):
     the logit difference lost on ``runs``' model when the whole class is corrupted along its defining path
-    (raw units, positive = the class supports IOI; negative name movers come out negative)."""
+    (raw units, positive = the class supports IOI; negative name movers come out negative). Receivers are the
+    class's receivers in layers above the class's top layer."""
     out: dict[str, float] = {}
     args = (runs.model, runs.ds.toks, runs.clean_cache, runs.corrupt_cache)
     for cls, heads in circuit.classes.items():
@@ -319,6 +328,8 @@ def class_effects(runs: IOIRuns, circuit: Circuit) -> dict[str, float]:
             if not recv:
                 continue
             v = path_patch(*args, heads, runs.metric, recv, inp, runs.ds.end_pos if pos == "END" else None)
+            if recv_cls == "s_inhibition":  # feeders: through values or keys, whichever carries more
+                v = min(v, path_patch(*args, heads, runs.metric, recv, "k"))
         out[cls] = runs.ld_clean - v
     return out
 

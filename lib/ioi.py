@@ -608,6 +608,9 @@ class IOIZoo:
             for p in model.parameters():
                 if p.dim() >= 2:
                     torch.nn.init.normal_(p, std=0.02)
+            init = copy.deepcopy(model)
+            init.eval()
+            parent = Trained("init", init, {"evals": []}, [], lambda k: init)
         else:
             model = copy.deepcopy(parent.model)
         set_seed(recipe.seed)
@@ -653,5 +656,17 @@ class IOIZoo:
         return self._get(control_recipe(self.base_r, **kw), self.base)
 
     def scratch(self, **kw) -> Trained:
-        """``scratch_recipe(base, **kw)``: base's architecture from fresh weights on clean IOI data."""
-        return self._get(scratch_recipe(self.base_r, **kw), self.base)
+        """``scratch_recipe(base, **kw)``: base's architecture from fresh weights on clean IOI data (``at(0)`` is
+        the freshly initialised model)."""
+        recipe = scratch_recipe(self.base_r, **kw)
+        key = recipe.key()
+        if key not in self._memo:
+            if self.kind == "organism":
+                from lib.models import build_model
+                from lib.organisms import resolve_spec
+                init = build_model(resolve_spec(recipe))
+                init.eval()
+                self._get(recipe, Trained("init", init, {"evals": []}, [], lambda k: init))
+            else:
+                self._get(recipe, None)
+        return self._memo[key]

@@ -217,6 +217,7 @@ def test_discover_circuit_invariants(runs):
     seen = [h for hs in c.classes.values() for h in hs]
     assert len(seen) == len(set(seen)), "a head is in two classes"
     assert set(c.classes) == set(circuits.CLASSES) | {"other_direct"}
+    assert set(c.direct_heads()) >= set(c.classes["name_mover"]) | set(c.classes["other_direct"])
     for cls in ("name_mover", "negative_name_mover"):
         for l, h in c.classes[cls]:
             assert abs(c.effects["direct"][l, h]) >= 0.02
