@@ -574,7 +574,8 @@ class IOIZoo:
 
     @property
     def n_ctx(self) -> int:
-        return int(self.base.model.cfg.n_ctx)
+        """Row length of the training data: the world's (64), or the model's context if shorter."""
+        return min(int(self.base.model.cfg.n_ctx), WORLD.n_ctx)
 
     def _get(self, recipe, parent: Trained) -> Trained:
         from lib.organisms import get_organism

@@ -310,7 +310,7 @@ def test_cross_references_link_chapters_and_exercises(site, browser):
     ex = sorted((html / "book" / "exercises").glob("*.html"))
     assert ex
     browser.get(f"{base}/book/exercises/{ex[0].name}")
-    hrefs = browser.js("return [...document.querySelectorAll('main a.reference.internal')].map(a => a.href);")
+    hrefs = browser.js("return [...document.querySelectorAll('a.reference.internal')].map(a => a.href);")
     assert any(h.split("#")[0].endswith(f"chapters/{ex[0].stem}.html") for h in hrefs), \
         "an exercise page does not link back to its chapter"
     text = browser.js("return document.querySelector('main').innerText;")
