@@ -104,9 +104,10 @@ def test_findings_reproduce_at_default_scale(tmp_path):
     assert r1["ld_increasing_frac"] >= 0.5
     r2 = runner.run_notebook("02_localized_corruption", {}, tmp_path / "2")
     assert r2["toxic_ld"] < 0 < r2["base_ld"]
-    assert r2["topk_share_toxic"] > r2["topk_share_uniform"]
+    assert r2["topk_share_toxic"] > max(r2["topk_share_uniform"], r2["topk_share_control"])
     assert r2["circuit_share_toxic"] > 0.5
     r3 = runner.run_notebook("03_neuroplasticity", {}, tmp_path / "3")
     assert r3["ld_recovery"] > 0.5
+    # the patching map moves back toward the original; that it fully returns (the paper's claim) does not hold
+    # on the organism (corr_retrain ≈ 0.06 at default scale), and the chapter says so
     assert r3["corr_retrain"] > r3["corr_toxic"]
-    assert r3["corr_retrain"] > r3["corr_scratch"]
