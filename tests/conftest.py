@@ -83,21 +83,3 @@ def tiny_spec():
     from lib.models import ModelSpec
 
     return ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=20)
-
-
-@pytest.fixture(scope="session")
-def smoke_run(smoke_cache, tmp_path_factory):
-    """Memoised ``stem -> (results, out_dir)``: chapter ``stem`` executed once per session with its ``ftm.smoke``
-    parameters into a temp folder (the executed notebook is ``out_dir / f"{stem}.ipynb"``), organisms shared
-    through ``smoke_cache``. Any test that needs executed chapters (notebooks, browser) can share these runs."""
-    from lib import runner
-
-    os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
-    done: dict = {}
-
-    def get(stem: str):
-        if stem not in done:
-            out = tmp_path_factory.mktemp(stem)
-            done[stem] = (runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], out), out)
-        return done[stem]
-    return get
