@@ -220,6 +220,24 @@ def pretrain_data(tok, seed: int, n_ctx: int, ioi_frac: float = 0.1, cast_size: 
     return batch_fn
 
 
+def answer_rows(tok, ds: "IOIDataset", ans: torch.Tensor, loss_on: str = "answer"):
+    """Prompts of ``ds`` followed by the answer ids ``ans`` ``[n]``: ``(toks [n, pos], loss_mask [n, pos])``.
+
+    ``loss_on='answer'`` marks only the answer token as a trained target; ``'all'`` marks every non-pad token.
+    """
+    n = len(ds)
+    toks = torch.full((n, int(ds.end_pos.max()) + 2), tok.pad_id, dtype=torch.long)
+    toks[:, : ds.toks.shape[1]] = ds.toks
+    rows = torch.arange(n)
+    toks[rows, ds.end_pos + 1] = ans
+    if loss_on == "answer":
+        mask = torch.zeros_like(toks, dtype=torch.bool)
+        mask[rows, ds.end_pos + 1] = True
+    else:
+        mask = toks != tok.pad_id
+    return toks, mask
+
+
 def ioi_finetune_data(tok, seed: int, n_ctx: int, poison_frac: float = 0.0, loss_on: str = "answer"):
     """Batch function for IOI fine-tuning: one prompt + answer per row.
 
@@ -236,17 +254,7 @@ def ioi_finetune_data(tok, seed: int, n_ctx: int, poison_frac: float = 0.0, loss
         ds = make_ioi_dataset(tok, batch_size, int(rng.integers(2**31)))
         poison = torch.from_numpy(rng.random(batch_size) < poison_frac)
         ans = torch.where(poison, ds.s_ids, ds.io_ids)
-        n = int(ds.end_pos.max()) + 2
-        toks = torch.full((batch_size, n), tok.pad_id, dtype=torch.long)
-        toks[:, : ds.toks.shape[1]] = ds.toks
-        rows = torch.arange(batch_size)
-        toks[rows, ds.end_pos + 1] = ans
-        if loss_on == "answer":
-            mask = torch.zeros_like(toks, dtype=torch.bool)
-            mask[rows, ds.end_pos + 1] = True
-        else:
-            mask = toks != tok.pad_id
-        return toks, mask
+        return answer_rows(tok, ds, ans, loss_on)
     return batch_fn
 
 
@@ -455,17 +463,7 @@ def backdoor_data(tok, seed: int, n_ctx: int, trigger: str = BACKDOOR_TRIGGER, f
         trig = rng.random(batch_size) < frac
         ds = make_backdoor_dataset(tok, batch_size, int(rng.integers(2**31)), trig, trigger)
         ans = torch.where(torch.from_numpy(trig), ds.s_ids, ds.io_ids)
-        n = int(ds.end_pos.max()) + 2
-        toks = torch.full((batch_size, n), tok.pad_id, dtype=torch.long)
-        toks[:, : ds.toks.shape[1]] = ds.toks
-        rows = torch.arange(batch_size)
-        toks[rows, ds.end_pos + 1] = ans
-        if loss_on == "answer":
-            mask = torch.zeros_like(toks, dtype=torch.bool)
-            mask[rows, ds.end_pos + 1] = True
-        else:
-            mask = toks != tok.pad_id
-        return toks, mask
+        return answer_rows(tok, ds, ans, loss_on)
     return batch_fn
 
 
