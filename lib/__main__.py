@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib import runner
+from lib import findings, runner
 from lib.seeding import REPO_ROOT
 
 
@@ -52,7 +52,8 @@ def parameters_markdown(stem: str) -> str:
 
 
 def book_copy(stem: str, executed: Path, dest: Path) -> None:
-    """Copy an executed chapter into the book, with its parameters table and without papermill's injected cell."""
+    """Copy an executed chapter into the book, with its parameters table, its findings-across-seeds table and
+    without papermill's injected cell."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
@@ -61,6 +62,11 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
             cell.metadata["tags"] = list(cell.metadata["tags"]) + ["remove-cell"]
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(at, nbformat.v4.new_markdown_cell(parameters_markdown(stem)))
+    results_file = executed.parent / "results.json"
+    if results_file.exists():  # the findings as tests, joined with the recorded seeds (lib/findings.py)
+        table = findings.findings_markdown(stem, json.loads(results_file.read_text()))
+        if table:
+            nb.cells.insert(at + 1, nbformat.v4.new_markdown_cell(table))
     nbformat.write(nb, dest)
 
 
@@ -113,7 +119,16 @@ def _cmd_organisms(args) -> int:
 def _cmd_sweep(args) -> int:
     from lib import sweep
 
-    res = sweep.sweep(args.chapter, args.seeds, _parse_kv(args.param), workers=args.workers)
+    params = _parse_kv(args.param)
+    if args.record and params:
+        print("--record keeps default-parameter runs only: drop the -p overrides", file=sys.stderr)
+        return 2
+    res = sweep.sweep(args.chapter, args.seeds, params, workers=args.workers)
+    if args.record and res.runs:
+        runs = {s: sweep.load_results(d) for s, d in res.runs.items()}
+        print(f"recorded {len(runs)} seed(s) -> {findings.record(res.stem, runs)}")
+        for t in findings.tally(res.stem, runs[min(runs)]):
+            print(f"  {t.finding.id}: {t.sentence()}")
     print(f"{res.stem}: {len(res.runs)} of {len(res.seeds)} seeds in {res.wall_time_s:.0f}s "
           f"(mean ± 95% t interval over seeds) -> {res.summary_path}")
     print(sweep.format_stats(res.stats))
@@ -145,6 +160,8 @@ def _add_seed_and_teach_commands(sub) -> None:
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="override a parameter for every seed (repeatable)")
     s.add_argument("--workers", type=int, help="parallel processes (default: number of CPU cores)")
+    s.add_argument("--record", action="store_true",
+                   help="write which findings held on each seed to book/seeds/<chapter>.json (defaults only)")
     s.set_defaults(fn=_cmd_sweep)
     c = sub.add_parser("compare", help="two runs' results side by side (run folders or results.json files)")
     c.add_argument("run_a")

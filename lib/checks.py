@@ -222,11 +222,69 @@ def _ranking_inputs(rng: np.random.Generator) -> tuple[tuple, dict]:
     return (scores, hits, int(rng.integers(1, n + 1))), {}
 
 
+class _TinyResidualMLP(torch.nn.Module):
+    """``x [batch, d] -> [batch, d]``: an embedding layer (outside ``blocks``) and residual two-layer MLP blocks,
+    so that ``lib.wrapper.linear_layers`` finds ``blocks.i.0`` and ``blocks.i.2``."""
+
+    def __init__(self, d: int, hidden: int, n_blocks: int, bias: bool):
+        super().__init__()
+        self.embed = torch.nn.Linear(d, d)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(d, hidden, bias=bias), torch.nn.ReLU(), torch.nn.Linear(hidden, d))
+            for _ in range(n_blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return x
+
+
+@dataclass
+class _RegressionLoss:
+    """``loss_fn(model)``: mean squared error of ``model(x)`` against ``y`` (a picklable, copyable callable)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        return ((model(self.x) - self.y) ** 2).mean()
+
+
+def _unit_score_inputs(rng: np.random.Generator) -> tuple[tuple, dict]:
+    """A tiny residual MLP and a regression loss on random data."""
+    g = _gen(rng)
+    d, hidden, n = int(rng.integers(2, 6)), int(rng.integers(2, 8)), int(rng.integers(3, 9))
+    with torch.random.fork_rng():  # the global torch RNG of the learner's notebook is left as it was
+        torch.manual_seed(int(rng.integers(2**31)))
+        model = _TinyResidualMLP(d, hidden, int(rng.integers(1, 3)), bias=bool(rng.random() < 0.7))
+    return (model, _RegressionLoss(torch.randn(n, d, generator=g), torch.randn(n, d, generator=g))), {}
+
+
+def _verdict_inputs(rng: np.random.Generator) -> tuple[tuple, dict]:
+    """A ``MethodResult`` of a random method, its control (or None), sometimes another ``ratio``."""
+    from lib.audit import METHODS, MethodResult
+
+    def result(method: str, case: str) -> "MethodResult":
+        if method == "perplexity_differencing":
+            stat = float(rng.integers(-2, 8))
+        elif method == "pruning_probe":
+            stat = float("nan") if rng.random() < 0.3 else float(rng.uniform(-0.2, 0.8))
+        else:
+            stat = float(rng.normal(1.0, 1.5))
+        return MethodResult(method, case, stat, "", {"lo": float(rng.normal(0.2, 0.5))})
+
+    method = str(rng.choice(METHODS))
+    control = None if rng.random() < 0.25 else result(method, "control")
+    kwargs = {"ratio": float(rng.choice([1.5, 3.0]))} if rng.random() < 0.3 else {}
+    return (result(method, "case"), control), kwargs
+
+
 # --------------------------------------------------------------------------- the registry
 
 
 def _register_all() -> None:
-    from lib import circuits, ioi, leakage, sae, train
+    from lib import audit, circuits, ioi, leakage, sae, train, wrapper
 
     register("masked_lm_loss", train.masked_lm_loss, _lm_inputs)
     register("logit_diff", ioi.logit_diff, _ioi_inputs)
@@ -236,6 +294,8 @@ def _register_all() -> None:
     register("n_for_share", circuits.n_for_share, _share_inputs)
     register("jaccard", circuits.jaccard, _head_sets)
     register("count_at_top", leakage.count_at_top, _ranking_inputs)
+    register("unit_scores", wrapper.unit_scores, _unit_score_inputs)
+    register("verdict", audit.verdict, _verdict_inputs, trials=20)
 
 
 _register_all()

@@ -289,6 +289,11 @@ def test_every_page_renders_cleanly(site, browser):
             problems.append(f"{page}: unresolved cross-references: {rep['unresolved']}")
         for href in rep["links"]:
             links.setdefault(href, page)
+    for stem in stems:  # the tables the build inserts: re-run command, and each finding over seeds
+        _, text = _fetch(f"{base}/book/chapters/{stem}.html")
+        for title in ("Parameters of this chapter", "Findings across seeds"):
+            if title not in text:
+                problems.append(f"{stem}: no {title!r} box")
     for href, page in links.items():
         url, _, frag = href.partition("#")
         if not url.startswith(base):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from lib import runner
+from lib import findings, runner
 
 pytestmark = pytest.mark.notebooks
 
@@ -31,6 +31,9 @@ def test_chapter_executes_with_smoke_parameters(stem, smoke_run):
     for key in runner.notebook_meta(stem)["results"]:
         assert key in results, f"{stem}: results.json lacks {key!r}"
         assert _finite_numbers(results[key]), f"{stem}: {key} = {results[key]!r} is not finite"
+    for f in findings.chapter_findings(stem):  # the book's findings table reads these keys
+        missing = [n for n in f.names if n not in results]
+        assert not missing, f"{stem}: finding {f.id!r} reads {missing}, which results.json lacks"
     prov = results["provenance"]
     assert prov["parameters"]["SEED"] == runner.notebook_parameters(stem)["SEED"].default
     for k, v in runner.notebook_meta(stem)["smoke"].items():

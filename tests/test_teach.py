@@ -267,6 +267,22 @@ def test_checks_catch_wrong_functions():
     with pytest.raises(checks.CheckFailed, match="raised ZeroDivisionError"):
         checks.check("jaccard", lambda a, b: len(set(a) & set(b)) / len(set(a) | set(b)), trials=50)
 
+    # Alg. 3 without the bias term: differs on the first model that has biases in its blocks.
+    from lib import audit, wrapper
+
+    def no_bias(model, loss_fn, layers=None):
+        layers = wrapper.linear_layers(model) if layers is None else layers
+        ws = [m.weight for m in layers.values()]
+        grads = torch.autograd.grad(loss_fn(model), ws)
+        units = [wrapper.Unit(n, r) for n, m in layers.items() for r in range(m.weight.shape[0])]
+        return units, torch.cat([(w.detach() * g).sum(1) for w, g in zip(ws, grads)])
+
+    with pytest.raises(checks.CheckFailed, match="unit_scores differs"):
+        checks.check("unit_scores", no_bias, trials=20)
+    # Ignores the control fine-tune: detects whatever moved at all.
+    with pytest.raises(checks.CheckFailed, match="verdict differs"):
+        checks.check("verdict", lambda r, c, ratio=2.0: audit.verdict(r, None, ratio))
+
 
 def test_check_does_not_let_in_place_changes_leak():
     def sneaky(x, k):

@@ -1,0 +1,149 @@
+"""Findings as tests on results.json, the seed record, and the "Findings across seeds" table of each chapter."""
+import json
+import math
+
+import pytest
+
+from lib import findings, runner
+
+STEM = "00_model_organisms"
+
+
+def test_evaluate_hand_computed():
+    r = {"a": 1.0, "b": 2.5, "c": None, "n": 4, "m": 4}
+    assert findings.evaluate("b > a > 0", r) is True
+    assert findings.evaluate("a > b", r) is False
+    assert findings.evaluate("b - a == 1.5 and not a > 2", r) is True
+    assert findings.evaluate("n == m", r) is True
+    assert findings.evaluate("abs(a - b) < 2 and max(a, b) == 2.5", r) is True
+    # None: decided by `is`, undecided by an order comparison
+    assert findings.evaluate("c is None or c > a", r) is True
+    assert findings.evaluate("a is not None and (c is None or c > a)", r) is True
+    assert findings.evaluate("c > a", r) is None
+    # a key the run lacks, or a non-finite number: undecided, never silently False
+    assert findings.evaluate("zz > 0", r) is None
+    assert findings.evaluate("x > 0", {"x": math.nan}) is None
+    assert findings.evaluate("a / (n - m) > 0", r) is None
+
+
+@pytest.mark.parametrize("test", ["__import__('os')", "a.real > 0", "'x' == 'x'", "[a][0] > 0", "(lambda: 1)()",
+                                  "a if b else c", "open('f')", "a > 0; b"])
+def test_evaluate_rejects_anything_but_arithmetic_comparisons(test):
+    with pytest.raises(findings.FindingError):
+        findings.evaluate(test, {"a": 1, "b": 2, "c": 3})
+
+
+def test_chapter_findings_validate_the_front_matter(monkeypatch):
+    def meta(items):
+        monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"findings": items})
+
+    meta([{"id": "x", "claim": "c", "test": "a > 0"}])
+    assert findings.chapter_findings("any") == [findings.Finding("x", "c", "a > 0")]
+    meta([{"id": "x", "claim": "c"}])
+    with pytest.raises(findings.FindingError, match=r"findings\[0\]"):
+        findings.chapter_findings("any")
+    meta([{"id": "x", "claim": "c", "test": "a > 0"}, {"id": "x", "claim": "d", "test": "b > 0"}])
+    with pytest.raises(findings.FindingError, match="repeats"):
+        findings.chapter_findings("any")
+    meta([{"id": "x", "claim": "c", "test": "a.b > 0"}])
+    with pytest.raises(findings.FindingError, match="Attribute"):
+        findings.chapter_findings("any")
+
+
+@pytest.mark.parametrize("stem", runner.chapters())
+def test_every_chapter_states_its_findings(stem):
+    """Each chapter lists its findings (that every key they read is in results.json is checked on the smoke run
+    in test_notebooks.py)."""
+    fs = findings.chapter_findings(stem)
+    assert fs and all(f.names for f in fs), f"{stem} lists no findings (or one that reads no result)"
+
+
+def _run(seed, **res):
+    params = {**findings.default_params(STEM), "SEED": seed, "OUTPUT_DIR": "x"}
+    return {**res, "provenance": {"parameters": params, "git_commit": "abc"}}
+
+
+def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
+    # chapter 0's findings: ioi_logit_diff > 0 and pretrain_ioi_logit_diff < 0.5
+    runs = {1: _run(1, ioi_logit_diff=0.3, pretrain_ioi_logit_diff=0.1),
+            2: _run(2, ioi_logit_diff=-0.2, pretrain_ioi_logit_diff=0.1)}
+    path = findings.record(STEM, runs, root=tmp_path)
+    doc = json.loads(path.read_text())
+    assert doc["params"] == findings.default_params(STEM)
+    assert doc["seeds"]["2"]["holds"] == {"partial_mechanism": False, "not_from_pretraining": True}
+    assert doc["seeds"]["1"]["values"] == {"ioi_logit_diff": 0.3, "pretrain_ioi_logit_diff": 0.1}
+
+    build = _run(0, ioi_logit_diff=0.5, pretrain_ioi_logit_diff=0.7)
+    t = {x.finding.id: x for x in findings.tally(STEM, build, root=tmp_path)}
+    assert t["partial_mechanism"].by_seed == {0: True, 1: True, 2: False}
+    assert t["partial_mechanism"].sentence() == "holds on 2 of 3 seeds"
+    assert t["not_from_pretraining"].sentence() == "holds on 2 of 3 seeds"
+    md = findings.findings_markdown(STEM, build, root=tmp_path)
+    assert "seed 0 (this build) | seed 1 | seed 2 |" in md and "holds on 2 of 3 seeds" in md
+    assert md.count("\n|") == 2 + 2  # header, rule, one row per finding
+
+    # a build at other parameters does not borrow the record
+    other = _run(0, ioi_logit_diff=0.5, pretrain_ioi_logit_diff=0.1)
+    other["provenance"]["parameters"]["BASE_STEPS"] = 7
+    t = findings.tally(STEM, other, root=tmp_path)
+    assert t[0].by_seed == {0: True} and t[0].sentence() == "holds on the one seed checked (seed 0)"
+    assert "Only the seed of this build" in findings.findings_markdown(STEM, other, root=tmp_path)
+
+    # extending the record keeps the old seeds; the build's own seed replaces a recorded one
+    findings.record(STEM, {0: _run(0, ioi_logit_diff=-1.0, pretrain_ioi_logit_diff=0.1)}, root=tmp_path)
+    assert sorted(json.loads(path.read_text())["seeds"]) == ["0", "1", "2"]
+    assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[0] is True
+
+
+def test_record_refuses_runs_at_other_parameters(tmp_path):
+    run = _run(1, ioi_logit_diff=0.3, pretrain_ioi_logit_diff=0.1)
+    run["provenance"]["parameters"]["BASE_STEPS"] = 7
+    with pytest.raises(ValueError, match="BASE_STEPS"):
+        findings.record(STEM, {1: run}, root=tmp_path)
+    assert not findings.record_path(STEM, tmp_path).exists()
+
+
+def test_a_stale_record_is_ignored(tmp_path):
+    findings.record(STEM, {1: _run(1, ioi_logit_diff=0.3, pretrain_ioi_logit_diff=0.1)}, root=tmp_path)
+    p = findings.record_path(STEM, tmp_path)
+    doc = json.loads(p.read_text())
+    doc["params"]["BASE_STEPS"] = -1  # the chapter's defaults changed since the sweep
+    p.write_text(json.dumps(doc))
+    assert findings.load_record(STEM, tmp_path) is None
+    assert list(findings.tally(STEM, _run(0, ioi_logit_diff=1, pretrain_ioi_logit_diff=0), root=tmp_path)[0]
+                .by_seed) == [0]
+
+
+def test_undecided_seeds_do_not_count():
+    f = findings.Finding("x", "c", "a > 0")
+    assert findings.Tally(f, {0: True, 1: None, 2: False}).sentence() == "holds on 1 of 2 seeds"
+    assert findings.Tally(f, {0: None}).sentence() == "not decided on any seed"
+
+
+def test_sweep_record_refuses_overrides(capsys):
+    from lib.__main__ import main
+
+    assert main(["sweep", "0", "--seeds", "1", "--record", "-p", "BASE_STEPS", "3"]) == 2
+    assert "default-parameter runs only" in capsys.readouterr().err
+
+
+def test_book_copy_puts_the_findings_table_after_the_parameters(tmp_path):
+    import nbformat
+
+    from lib.__main__ import book_copy
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Chapter"),
+        nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["injected-parameters"]})])
+    (tmp_path / "run").mkdir()
+    nbformat.write(nb, tmp_path / "run" / f"{STEM}.ipynb")
+    (tmp_path / "run" / "results.json").write_text(json.dumps(_run(0, ioi_logit_diff=0.4,
+                                                                   pretrain_ioi_logit_diff=0.9)))
+    book_copy(STEM, tmp_path / "run" / f"{STEM}.ipynb", tmp_path / "out.ipynb")
+    cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert cells[1].source.startswith(":::{admonition} Parameters of this chapter")
+    assert cells[2].source.startswith(":::{admonition} Findings across seeds")
+    rows = [line for line in cells[2].source.splitlines() if line.startswith("| ") and "`" in line]
+    assert [r.split(" | ")[2] for r in rows] == ["✓", "✗"]  # 0.4 > 0 holds; 0.9 < 0.5 does not
+    assert "remove-cell" in cells[4].metadata["tags"]
