@@ -43,8 +43,9 @@ def _cmd_run(args) -> int:
 def parameters_markdown(stem: str) -> str:
     """The parameters table (name, default, meaning) and a copy-paste re-run command for chapter ``stem``."""
     params = [p for p in runner.notebook_parameters(stem).values() if p.name != "OUTPUT_DIR"]
-    rows = "\n".join(f"| `{p.name}` | `{p.default!r}` | {p.meaning} |" for p in params)
-    example = next((p for p in params if p.name != "SEED"), params[0])
+    rows = "\n".join(f"| `{p.name}` | `{p.default!r}` | {findings.table_cell(p.meaning)} |" for p in params)
+    numeric = [p for p in params if p.name != "SEED" and type(p.default) in (int, float)]
+    example = (numeric or [p for p in params if p.name != "SEED"] or params)[0]
     return (f":::{{admonition}} Parameters of this chapter\n:class: tip\n\n"
             f"| parameter | default | meaning |\n|---|---|---|\n{rows}\n\n"
             f"Re-run it with other values (results land in `runs/{stem}/<hash>/`):\n\n"

@@ -208,6 +208,11 @@ def tally(stem: str, results: Mapping[str, Any], root: Path | None = None) -> li
     return out
 
 
+def table_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (a literal ``|`` would end the cell)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _mark(v: Optional[bool]) -> str:
     return "✓" if v else ("–" if v is None else "✗")
 
@@ -221,7 +226,7 @@ def findings_markdown(stem: str, results: Mapping[str, Any], root: Path | None =
     seeds = list(tallies[0].by_seed)
     rec = load_record(stem, root)
     head = " | ".join(f"seed {s}" + (" (this build)" if s == seed else "") for s in seeds)
-    rows = "\n".join(f"| {t.finding.claim} | `{t.finding.test}` | "
+    rows = "\n".join(f"| {table_cell(t.finding.claim)} | `{t.finding.test}` | "
                      + " | ".join(_mark(t.by_seed[s]) for s in seeds) + f" | {t.sentence()} |" for t in tallies)
     if rec and len(seeds) > 1:
         src = (f"Seeds other than {seed} come from `book/seeds/{stem}.json`, recorded at commit "

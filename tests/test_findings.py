@@ -147,3 +147,13 @@ def test_book_copy_puts_the_findings_table_after_the_parameters(tmp_path):
     rows = [line for line in cells[2].source.splitlines() if line.startswith("| ") and "`" in line]
     assert [r.split(" | ")[2] for r in rows] == ["✓", "✗"]  # 0.4 > 0 holds; 0.9 < 0.5 does not
     assert "remove-cell" in cells[4].metadata["tags"]
+
+
+def test_tables_escape_pipes():
+    from lib.__main__ import parameters_markdown
+
+    md = parameters_markdown("01_amplification")  # THRESHOLD's meaning says |path-patching effect|
+    row = next(line for line in md.splitlines() if line.startswith("| `THRESHOLD`"))
+    assert row.count(" | ") == 2 and "\\|path-patching effect\\|" in row
+    assert "-p SEED 1 -p BASE_STEPS 1500" in md  # the example re-run sets a number, not a string
+    assert findings.table_cell("a | b\nc") == "a \\| b c"
