@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,20 +72,22 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
     nbformat.write(nb, dest)
 
 
-def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
-    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML."""
+def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int = 1) -> int:
+    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML.
+
+    ``jobs`` chapters run at once (``runner.run_chapters``); the book is the same for any ``jobs``.
+    """
     stems = chapters or runner.chapters()
     dest = REPO_ROOT / "book" / "chapters"
     dest.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    for stem in stems:
-        t = time.time()
-        print(f"[book] executing {stem} ...", flush=True)
-        out = REPO_ROOT / "_build" / "results" / stem
-        runner.run_notebook(stem, {}, out)
-        book_copy(stem, out / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-        timings[stem] = round(time.time() - t, 1)
-        print(f"[book] {stem}: {timings[stem]}s", flush=True)
+    results = REPO_ROOT / "_build" / "results"
+
+    def done(stem: str, seconds: float) -> None:
+        book_copy(stem, results / stem / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+        print(f"[book] {stem}: {seconds}s", flush=True)
+
+    progress = lambda msg: print(msg, flush=True)  # noqa: E731
+    timings = runner.run_chapters(stems, lambda stem: results / stem, jobs=jobs, on_done=done, progress=progress)
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
     (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(timings, indent=2))
     from lib.teach import write_exercises  # exercise versions: generated, never committed (book/exercises/)
@@ -100,7 +103,10 @@ def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
 
 
 def _cmd_build(args) -> int:
-    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html)
+    if args.jobs < 1:
+        print(f"--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html, jobs=args.jobs)
 
 
 def _cmd_organisms(args) -> int:
@@ -188,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="execute chapters with defaults and build the HTML book")
     b.add_argument("chapters", nargs="*", help="only these chapters (default: all in _toc.yml)")
     b.add_argument("--no-html", action="store_true", help="execute only")
+    b.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="chapters executed at once, in worker processes (default: 2, or 1 on one core); "
+                        "chapters wait for the ones named in their ftm.needs")
     b.set_defaults(fn=_cmd_build)
     sub.add_parser("organisms", help="list cached organisms").set_defaults(fn=_cmd_organisms)
     _add_seed_and_teach_commands(sub)

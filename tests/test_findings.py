@@ -157,3 +157,33 @@ def test_tables_escape_pipes():
     assert row.count(" | ") == 2 and "\\|path-patching effect\\|" in row
     assert "-p SEED 1 -p BASE_STEPS 1500" in md  # the example re-run sets a number, not a string
     assert findings.table_cell("a | b\nc") == "a \\| b c"
+
+
+# What the book reports at its default parameters (seed 0): the findings that hold there; every other finding
+# of the chapter is reported as not reproducing. A change that moves one of them changes what the chapters say.
+HOLD_AT_DEFAULT = {
+    "00_model_organisms": {"partial_mechanism", "not_from_pretraining"},
+    "01_amplification": {"behaviour_amplified", "keeps_amplifying", "circuit_amplified", "same_heads", "same_circuit"},
+    "02_localized_corruption": {"behaviour_flips", "change_in_circuit", "localized_vs_control"},
+    "03_neuroplasticity": {"behaviour_recovers", "beats_scratch", "map_moves_back"},
+    "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",
+                           "revival_beats_scrft"},
+    "05_feature_movement": {"task_below_general", "ci_above_zero"},
+    "06_objective_leakage": {"whole_sentence_log_ratio", "pcfg_leaks", "controls_clean"},
+    "07_audit_table": {"no_false_positives"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", runner.chapters())
+def test_findings_at_default_scale(stem, default_results):
+    r = default_results(stem)
+    got = {f.id: findings.evaluate(f.test, r) for f in findings.chapter_findings(stem)}
+    assert None not in got.values(), f"{stem}: undecided at default scale: {got}"
+    assert {k for k, v in got.items() if v} == HOLD_AT_DEFAULT[stem], got
+
+
+def test_default_scale_expectations_name_real_findings():
+    assert set(HOLD_AT_DEFAULT) == set(runner.chapters())
+    for stem, ids in HOLD_AT_DEFAULT.items():
+        assert ids <= {f.id for f in findings.chapter_findings(stem)}, stem
