@@ -64,16 +64,16 @@ def _run(seed, **res):
 
 
 def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
-    # chapter 0's findings: ioi_logit_diff > 0 and pretrain_ioi_logit_diff < 0.5
-    runs = {1: _run(1, ioi_logit_diff=0.3, pretrain_ioi_logit_diff=0.1),
+    # chapter 0's findings: ioi_logit_diff > 0.5 and pretrain_ioi_logit_diff < 0.5
+    runs = {1: _run(1, ioi_logit_diff=0.8, pretrain_ioi_logit_diff=0.1),
             2: _run(2, ioi_logit_diff=-0.2, pretrain_ioi_logit_diff=0.1)}
     path = findings.record(STEM, runs, root=tmp_path)
     doc = json.loads(path.read_text())
     assert doc["params"] == findings.default_params(STEM)
     assert doc["seeds"]["2"]["holds"] == {"partial_mechanism": False, "not_from_pretraining": True}
-    assert doc["seeds"]["1"]["values"] == {"ioi_logit_diff": 0.3, "pretrain_ioi_logit_diff": 0.1}
+    assert doc["seeds"]["1"]["values"] == {"ioi_logit_diff": 0.8, "pretrain_ioi_logit_diff": 0.1}
 
-    build = _run(0, ioi_logit_diff=0.5, pretrain_ioi_logit_diff=0.7)
+    build = _run(0, ioi_logit_diff=0.9, pretrain_ioi_logit_diff=0.7)
     t = {x.finding.id: x for x in findings.tally(STEM, build, root=tmp_path)}
     assert t["partial_mechanism"].by_seed == {0: True, 1: True, 2: False}
     assert t["partial_mechanism"].sentence() == "holds on 2 of 3 seeds"
@@ -83,7 +83,7 @@ def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
     assert md.count("\n|") == 2 + 2  # header, rule, one row per finding
 
     # a build at other parameters does not borrow the record
-    other = _run(0, ioi_logit_diff=0.5, pretrain_ioi_logit_diff=0.1)
+    other = _run(0, ioi_logit_diff=0.9, pretrain_ioi_logit_diff=0.1)
     other["provenance"]["parameters"]["BASE_STEPS"] = 7
     t = findings.tally(STEM, other, root=tmp_path)
     assert t[0].by_seed == {0: True} and t[0].sentence() == "holds on the one seed checked (seed 0)"
@@ -93,6 +93,15 @@ def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
     findings.record(STEM, {0: _run(0, ioi_logit_diff=-1.0, pretrain_ioi_logit_diff=0.1)}, root=tmp_path)
     assert sorted(json.loads(path.read_text())["seeds"]) == ["0", "1", "2"]
     assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[0] is True
+
+    # recorded seeds are re-decided from their numbers, so a test edited since the sweep is applied to them
+    doc = json.loads(path.read_text())
+    doc["seeds"]["1"]["holds"]["partial_mechanism"] = False  # what an older, stricter test said
+    path.write_text(json.dumps(doc))
+    assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is True  # 0.8 > 0.5
+    del doc["seeds"]["1"]["values"]["ioi_logit_diff"]  # numbers missing: the recorded verdict stands
+    path.write_text(json.dumps(doc))
+    assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is False
 
 
 def test_record_refuses_runs_at_other_parameters(tmp_path):
@@ -138,14 +147,14 @@ def test_book_copy_puts_the_findings_table_after_the_parameters(tmp_path):
         nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["injected-parameters"]})])
     (tmp_path / "run").mkdir()
     nbformat.write(nb, tmp_path / "run" / f"{STEM}.ipynb")
-    (tmp_path / "run" / "results.json").write_text(json.dumps(_run(0, ioi_logit_diff=0.4,
+    (tmp_path / "run" / "results.json").write_text(json.dumps(_run(0, ioi_logit_diff=0.9,
                                                                    pretrain_ioi_logit_diff=0.9)))
     book_copy(STEM, tmp_path / "run" / f"{STEM}.ipynb", tmp_path / "out.ipynb")
     cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
     assert cells[1].source.startswith(":::{admonition} Parameters of this chapter")
     assert cells[2].source.startswith(":::{admonition} Findings across seeds")
     rows = [line for line in cells[2].source.splitlines() if line.startswith("| ") and "`" in line]
-    assert [r.split(" | ")[2] for r in rows] == ["✓", "✗"]  # 0.4 > 0 holds; 0.9 < 0.5 does not
+    assert [r.split(" | ")[2] for r in rows] == ["✓", "✗"]  # 0.9 > 0.5 holds; 0.9 < 0.5 does not
     assert "remove-cell" in cells[4].metadata["tags"]
 
 
