@@ -243,7 +243,7 @@ def test_weight_change_localises_a_perturbation(model):
     assert changed == [[1, 2]]
     assert wc["mlps"].abs().max() == 0 and wc["embed"] == 0
     before = model.blocks[1].attn
-    norm = sum(float((getattr(before, w)[2] ** 2).sum()) for w in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")) ** 0.5
+    norm = sum(float((getattr(before, w)[2].detach() ** 2).sum()) for w in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")) ** 0.5
     rel = circuits.weight_change(model, other, relative=True)["heads"][1, 2]
     assert rel.item() == pytest.approx(wc["heads"][1, 2].item() / norm, rel=1e-5)
 
