@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -194,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="execute chapters with defaults and build the HTML book")
     b.add_argument("chapters", nargs="*", help="only these chapters (default: all in _toc.yml)")
     b.add_argument("--no-html", action="store_true", help="execute only")
-    b.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="chapters executed at once, in worker processes (default: 2, or 1 on one core); "
-                        "chapters wait for the ones named in their ftm.needs")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="chapters executed at once, in worker processes (default 1); chapters wait for the ones "
+                        "named in their ftm.needs. Chapters 0-3 use every core, so on 2 cores --jobs 2 "
+                        "oversubscribes them; it pays only with cores to spare")
     b.set_defaults(fn=_cmd_build)
     sub.add_parser("organisms", help="list cached organisms").set_defaults(fn=_cmd_organisms)
     _add_seed_and_teach_commands(sub)
