@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--book", action="store_true", help="also time a cold and a warm book build (~25-40 min each)")
-    ap.add_argument("--jobs", type=int, nargs="+", default=[2], help="with --book: the --jobs values to time")
+    ap.add_argument("--jobs", type=int, nargs="+", default=[1], help="with --book: the --jobs values to time")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch}")
     print(f"{'model':<34}{'params':>10}{'tokens/s':>12}{'relative':>10}")
