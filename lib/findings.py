@@ -241,4 +241,5 @@ def findings_markdown(stem: str, results: Mapping[str, Any], root: Path | None =
     return (f":::{{admonition}} Findings across seeds\n:class: note\n\n"
             f"Each finding of this chapter as a test on its `results.json` (✓ holds, ✗ does not, – undecided):\n\n"
             f"| finding | test | {head} | over seeds |\n|---|---|" + "---|" * len(seeds) + f"---|\n{rows}\n\n"
-            f"{src} To check more seeds: `python -m lib sweep {stem} --seeds 1..4 --record`.\n:::")
+            f"{src} To check more seeds: `python -m lib sweep {stem} --seeds {max(seeds) + 1}..{max(seeds) + 2} "
+            f"--record`.\n:::")
