@@ -72,17 +72,15 @@ def throughput(model: nn.Module, spec: ModelSpec, steps: int, batch: int) -> flo
     return steps * batch * spec.n_ctx / (time.perf_counter() - t)
 
 
-def bench_book(jobs: list[int]) -> list[tuple[str, float]]:
-    """Wall time of `python -m lib build --jobs J` on an empty organism cache, then again on the filled one."""
+def bench_book() -> list[tuple[str, float]]:
+    """Wall time of `python -m lib build` on an empty organism cache, then again on the filled one."""
     rows = []
-    for j in jobs:
-        with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "FTM_CACHE_DIR": cache}
-            for label in (f"cold (empty cache), --jobs {j}", f"warm (cache filled), --jobs {j}"):
-                t = time.time()
-                subprocess.run([sys.executable, "-m", "lib", "build", "--jobs", str(j)], cwd=ROOT, env=env,
-                               check=True)
-                rows.append((label, time.time() - t))
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "FTM_CACHE_DIR": cache}
+        for label in ("cold (empty organism cache)", "warm (cache filled)"):
+            t = time.time()
+            subprocess.run([sys.executable, "-m", "lib", "build"], cwd=ROOT, env=env, check=True)
+            rows.append((label, time.time() - t))
     return rows
 
 
@@ -90,8 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--book", action="store_true", help="also time a cold and a warm book build (~25-40 min each)")
-    ap.add_argument("--jobs", type=int, nargs="+", default=[1], help="with --book: the --jobs values to time")
+    ap.add_argument("--book", action="store_true", help="also time a cold and a warm book build (~40 + 7 min)")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch}")
     print(f"{'model':<34}{'params':>10}{'tokens/s':>12}{'relative':>10}")
@@ -110,7 +107,7 @@ def main() -> None:
         print(f"\nlast `make book` per chapter (s): {json.dumps(t)}  total {sum(t.values()):.0f}s")
     if a.book:
         print(f"\n{'book build':<34}{'wall time (s)':>14}")
-        for label, s in bench_book(a.jobs):
+        for label, s in bench_book():
             print(f"{label:<34}{s:>14.0f}")
 
 

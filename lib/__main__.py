@@ -71,22 +71,20 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
     nbformat.write(nb, dest)
 
 
-def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int = 1) -> int:
-    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML.
-
-    ``jobs`` chapters run at once (``runner.run_chapters``); the book is the same for any ``jobs``.
-    """
+def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
+    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML."""
     stems = chapters or runner.chapters()
     dest = REPO_ROOT / "book" / "chapters"
     dest.mkdir(parents=True, exist_ok=True)
-    results = REPO_ROOT / "_build" / "results"
-
-    def done(stem: str, seconds: float) -> None:
-        book_copy(stem, results / stem / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-        print(f"[book] {stem}: {seconds}s", flush=True)
-
-    progress = lambda msg: print(msg, flush=True)  # noqa: E731
-    timings = runner.run_chapters(stems, lambda stem: results / stem, jobs=jobs, on_done=done, progress=progress)
+    timings = {}
+    for stem in stems:
+        t = time.time()
+        print(f"[book] executing {stem} ...", flush=True)
+        out = REPO_ROOT / "_build" / "results" / stem
+        runner.run_notebook(stem, {}, out)
+        book_copy(stem, out / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+        timings[stem] = round(time.time() - t, 1)
+        print(f"[book] {stem}: {timings[stem]}s", flush=True)
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
     (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(timings, indent=2))
     from lib.teach import write_exercises  # exercise versions: generated, never committed (book/exercises/)
@@ -102,10 +100,7 @@ def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int =
 
 
 def _cmd_build(args) -> int:
-    if args.jobs < 1:
-        print(f"--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
-        return 2
-    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html, jobs=args.jobs)
+    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html)
 
 
 def _cmd_organisms(args) -> int:
@@ -193,10 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="execute chapters with defaults and build the HTML book")
     b.add_argument("chapters", nargs="*", help="only these chapters (default: all in _toc.yml)")
     b.add_argument("--no-html", action="store_true", help="execute only")
-    b.add_argument("--jobs", type=int, default=1,
-                   help="chapters executed at once, in worker processes (default 1); chapters wait for the ones "
-                        "named in their ftm.needs. Chapters 0-3 use every core, so on 2 cores --jobs 2 "
-                        "oversubscribes them; it pays only with cores to spare")
     b.set_defaults(fn=_cmd_build)
     sub.add_parser("organisms", help="list cached organisms").set_defaults(fn=_cmd_organisms)
     _add_seed_and_teach_commands(sub)

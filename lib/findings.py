@@ -111,7 +111,8 @@ def chapter_findings(stem: str) -> list[Finding]:
 
 
 def default_params(stem: str) -> dict[str, Any]:
-    return {k: p.default for k, p in runner.notebook_parameters(stem).items() if k not in ("OUTPUT_DIR", "SEED")}
+    """The chapter's defaults other than ``SEED``: the setting a seed record is about."""
+    return {k: v for k, v in runner.default_parameters(stem).items() if k != "SEED"}
 
 
 def _run_params(results: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -132,6 +132,11 @@ def notebook_parameters(stem: str) -> dict[str, Param]:
     return parse_parameters(cells[0].source)
 
 
+def default_parameters(stem: str) -> dict[str, Any]:
+    """The chapter's parameters at their defaults, without ``OUTPUT_DIR`` (what a default run records)."""
+    return {k: p.default for k, p in notebook_parameters(stem).items() if k != "OUTPUT_DIR"}
+
+
 def notebook_meta(stem: str) -> dict[str, Any]:
     """The ``ftm`` block of the notebook's front matter (``smoke`` parameters etc.)."""
     return dict(read_notebook(stem).metadata.get("ftm", {}))
@@ -222,81 +227,3 @@ def run_notebook(name: str, params: Optional[dict[str, Any]] = None, out_dir: Op
         raise RuntimeError(f"chapter {stem!r} ran but wrote no results.json into {out}")
     return json.loads(stale.read_text())
 
-
-# --------------------------------------------------------------------------- executing several chapters
-
-
-def chapter_needs(stem: str) -> list[str]:
-    """Chapters whose organisms ``stem`` reuses (front matter ``ftm.needs``): a parallel build starts ``stem``
-    only after them, so that it loads those organisms instead of waiting for them.
-
-    A scheduling hint, not a condition of correctness: organisms are shared through the artifact cache under a
-    per-key lock, so in any order each is trained once and every chapter gets the same weights. Each entry must
-    be a chapter listed earlier in ``_toc.yml`` (so no cycle can form).
-    """
-    stems = chapters()
-    needs = notebook_meta(stem).get("needs") or []
-    earlier = stems[:stems.index(stem)] if stem in stems else stems
-    for n in needs:
-        if n not in earlier:
-            raise ParameterError(f"{stem}: ftm.needs names {n!r}, which is not a chapter before it in _toc.yml")
-    return [str(n) for n in needs]
-
-
-def _timed_run(stem: str, out_dir: str, run_fn=None) -> float:
-    """One chapter at its default parameters in a worker process (module level, so it pickles)."""
-    import time
-
-    t = time.time()
-    (run_fn or run_notebook)(stem, {}, out_dir)
-    return time.time() - t
-
-
-def run_chapters(stems: list[str], out_dir: Callable[[str], Path], jobs: int = 1, run_fn=None,
-                 on_done: Callable[[str, float], None] = lambda stem, seconds: None,
-                 progress: Callable[[str], None] = print, start_method: str = "spawn") -> dict[str, float]:
-    """Execute ``stems`` at their default parameters into ``out_dir(stem)``; ``{stem: wall seconds}``.
-
-    ``jobs > 1`` runs up to ``jobs`` chapters at once in worker processes, each started (in ``_toc.yml`` order)
-    once the chapters it needs (``chapter_needs``, restricted to ``stems``) are done. A chapter's results do not
-    depend on ``jobs``: the kernel's torch thread count is whatever the chapter sets (or torch's default), and
-    organisms come from the locked cache. ``on_done`` is called in this process as each chapter finishes. The
-    first failure is raised once the chapters already running have finished; nothing new starts after it.
-    """
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    timings: dict[str, float] = {}
-    if jobs <= 1:
-        for stem in stems:
-            progress(f"[book] executing {stem} ...")
-            timings[stem] = round(_timed_run(stem, str(out_dir(stem)), run_fn), 1)
-            on_done(stem, timings[stem])
-        return timings
-    needs = {s: [n for n in chapter_needs(s) if n in stems] for s in stems}
-    pending, running, done = list(stems), {}, set()
-    error: Optional[BaseException] = None
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(start_method)) as pool:
-        while running or (pending and error is None):
-            for stem in [s for s in pending if all(n in done for n in needs[s])][:max(0, jobs - len(running))]:
-                if error is not None:
-                    break
-                progress(f"[book] executing {stem} ...")
-                running[pool.submit(_timed_run, stem, str(out_dir(stem)), run_fn)] = stem
-                pending.remove(stem)
-            if not running:
-                raise RuntimeError(f"cannot start {pending}: they need chapters that are not done")
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                stem = running.pop(fut)
-                try:
-                    timings[stem] = round(fut.result(), 1)
-                except BaseException as e:  # noqa: BLE001 (re-raised below)
-                    progress(f"[book] {stem} FAILED: {type(e).__name__}")
-                    error = error or e
-                    continue
-                done.add(stem)
-                on_done(stem, timings[stem])
-    if error is not None:
-        raise error
-    return {s: timings[s] for s in stems if s in timings}

@@ -79,7 +79,7 @@ def default_results(tmp_path_factory):
         if path.exists():
             res = json.loads(path.read_text())
             prov = res.get("provenance", {})
-            defaults = {k: p.default for k, p in runner.notebook_parameters(stem).items() if k != "OUTPUT_DIR"}
+            defaults = runner.default_parameters(stem)
             used = {k: v for k, v in prov.get("parameters", {}).items() if k != "OUTPUT_DIR"}
             if used == defaults and prov.get("git_commit") == git_commit():
                 return res

@@ -1,6 +1,4 @@
 """The runner: chapters come from _toc.yml, parameters are validated before anything executes."""
-import os
-
 import pytest
 
 from lib import runner
@@ -68,73 +66,3 @@ def test_cli_reports_parameter_errors(capsys):
     assert main(["run", "0", "-p", "NOPE", "1"]) == 2
     assert "unknown parameter 'NOPE'" in capsys.readouterr().err
 
-
-# --------------------------------------------------------------------------- several chapters (make book --jobs)
-
-
-def fake_chapter(stem, params, out_dir):
-    """Stands in for run_notebook in build workers: records when it ran; fails for $FTM_FAIL_CHAPTER."""
-    import json
-    import os
-    import time
-
-    os.makedirs(out_dir, exist_ok=True)
-    start = time.time()
-    time.sleep(0.4 if stem in ("00_model_organisms", "04_wrapper_revival") else 0.1)
-    if stem == os.environ.get("FTM_FAIL_CHAPTER"):
-        raise RuntimeError(f"{stem}: cell 3 failed")
-    with open(os.path.join(out_dir, "span.json"), "w") as f:
-        json.dump({"start": start, "end": time.time(), "pid": os.getpid()}, f)
-    return {}
-
-
-def _spans(root, stems):
-    import json
-
-    return {s: json.loads((root / s / "span.json").read_text()) for s in stems if (root / s / "span.json").exists()}
-
-
-def test_parallel_build_starts_chapters_after_their_needs(tmp_path):
-    stems = runner.chapters()
-    finished = []
-    timings = runner.run_chapters(stems, lambda s: tmp_path / s, jobs=2, run_fn=fake_chapter,
-                                  on_done=lambda s, t: finished.append(s), progress=lambda m: None,
-                                  start_method="fork")
-    spans = _spans(tmp_path, stems)
-    assert set(spans) == set(stems) == set(timings) == set(finished)
-    for s in stems:
-        for n in runner.chapter_needs(s):
-            assert spans[n]["end"] <= spans[s]["start"], f"{s} started before {n} finished"
-    edges = sorted([(v["start"], 1) for v in spans.values()] + [(v["end"], -1) for v in spans.values()])
-    level = [0]
-    for _, d in edges:
-        level.append(level[-1] + d)
-    assert max(level) == 2  # two at a time, never more
-    # the chapters that need nothing run side by side from the start
-    assert spans["04_wrapper_revival"]["start"] < spans["00_model_organisms"]["end"]
-    assert len({v["pid"] for v in spans.values()} - {os.getpid()}) >= 2
-
-
-def test_parallel_build_stops_at_a_failure(tmp_path, monkeypatch):
-    monkeypatch.setenv("FTM_FAIL_CHAPTER", "01_amplification")
-    stems = runner.chapters()
-    with pytest.raises(RuntimeError, match="01_amplification: cell 3 failed"):
-        runner.run_chapters(stems, lambda s: tmp_path / s, jobs=2, run_fn=fake_chapter, progress=lambda m: None,
-                            start_method="fork")
-    ran = set(_spans(tmp_path, stems))
-    assert "00_model_organisms" in ran and not ran & {"02_localized_corruption", "03_neuroplasticity",
-                                                       "05_feature_movement", "07_audit_table"}
-
-
-def test_sequential_build_runs_in_toc_order(tmp_path):
-    stems = runner.chapters()[:3]
-    order = []
-    runner.run_chapters(stems, lambda s: tmp_path / s, jobs=1, run_fn=fake_chapter,
-                        on_done=lambda s, t: order.append(s), progress=lambda m: None)
-    assert order == stems
-
-
-def test_needs_must_name_an_earlier_chapter(monkeypatch):
-    monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"needs": ["07_audit_table"]})
-    with pytest.raises(runner.ParameterError, match="07_audit_table"):
-        runner.chapter_needs("01_amplification")
