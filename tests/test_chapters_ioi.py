@@ -17,18 +17,10 @@ pytestmark = pytest.mark.notebooks
 STEMS = ("01_amplification", "02_localized_corruption", "03_neuroplasticity")
 
 
-@pytest.fixture(scope="module")
-def smoke(smoke_cache, tmp_path_factory):
-    import os
-
-    os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
-    done = {}
-
-    def get(stem):
-        if stem not in done:
-            done[stem] = runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], tmp_path_factory.mktemp(stem))
-        return done[stem]
-    return get
+@pytest.fixture
+def smoke(smoke_run):
+    """``stem -> results`` of the session's shared smoke run of that chapter (conftest ``smoke_run``)."""
+    return lambda stem: smoke_run(stem)[0]
 
 
 def _share(x):
@@ -95,18 +87,19 @@ def test_gpt2_code_path_on_random_gpt2_architecture(stem, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_findings_reproduce_at_default_scale(tmp_path):
-    """Default parameters (uses the repository's organism cache): the direction of each of the paper's findings."""
-    r1 = runner.run_notebook("01_amplification", {}, tmp_path / "1")
+def test_findings_reproduce_at_default_scale(default_results):
+    """Default parameters (the book's runs when `make book` ran at this commit, else executed with the repository's
+    organism cache): the direction of each of the paper's findings."""
+    r1 = default_results("01_amplification")
     assert r1["base_ld"] > 0, "the base organism needs a partial IOI mechanism"
     assert r1["clean_ld"] > r1["base_ld"] and r1["long_ld"] > r1["clean_ld"]
     assert r1["circuit_effect_clean"] > r1["circuit_effect_base"] > 0
     assert r1["ld_increasing_frac"] >= 0.5
-    r2 = runner.run_notebook("02_localized_corruption", {}, tmp_path / "2")
+    r2 = default_results("02_localized_corruption")
     assert r2["toxic_ld"] < 0 < r2["base_ld"]
     assert r2["topk_share_toxic"] > max(r2["topk_share_uniform"], r2["topk_share_control"])
     assert r2["circuit_share_toxic"] > 0.5
-    r3 = runner.run_notebook("03_neuroplasticity", {}, tmp_path / "3")
+    r3 = default_results("03_neuroplasticity")
     assert r3["ld_recovery"] > 0.5
     # the patching map moves back toward the original; that it fully returns (the paper's claim) does not hold
     # on the organism (corr_retrain ≈ 0.06 at default scale), and the chapter says so
