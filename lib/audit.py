@@ -418,9 +418,9 @@ def run_case(case: AuditCase, sae: S.SAE, k: int = 5, top: int = 50, n_prune: in
 
 # --------------------------------------------------------------------------- the organisms of chapters 1-4
 
-def ioi_recipes(base_steps: int = 1500, d_model: int = 128, n_layers: int = 4, ft_steps: int = 400,
+def ioi_recipes(base_steps: int = 1000, d_model: int = 128, n_layers: int = 4, ft_steps: int = 400,
                 seed: int = 0, backdoor_frac: float = 0.2, backdoor_steps: int = 1000,
-                ioi_steps: int = 250) -> dict[str, Any]:
+                ioi_steps: int = 0) -> dict[str, Any]:
     """The IOI world's organisms as chapters 1–3 build them (same arguments, so same cache keys), plus the
     audit's: ``base``, ``clean``, ``toxic``, ``retrain`` (toxic retrained on clean data), ``control`` (general
     corpus without IOI), ``backdoor`` (trigger place → S) and ``toxic_all`` (the toxic data with the loss on every

@@ -6,23 +6,37 @@ corrupt)`` bundles a clean IOI set, its aligned corrupted (ABC-style) set, and b
 every analysis of one model shares two forward passes. Effects are in raw logit-difference units unless a name
 says ``normalized`` (then divided by the clean − corrupted logit-difference gap, so −1 = the whole behaviour).
 
-Head classes (``discover_circuit``), each found by path patching from the class below it, as in Wang et al.:
+Head classes (``discover_circuit``), each found by path patching from the class below it, as in Wang et al.
+(corrupted prompts: ABC, all three names resampled):
 
 * ``name_mover``: direct effect on the logits (sender → logits path) lowers the logit difference by at least
-  ``threshold`` of the gap when corrupted, and at END attends to IO at least as much as to S1 and to S2;
-* ``negative_name_mover``: direct effect of the opposite sign (corrupting it *raises* the logit difference) and
-  attends to IO;
+  ``threshold`` of the gap when corrupted, at END attends to IO at least as much as to S1 and to S2, and has a
+  positive *copy score* (``copy_scores``: its OV circuit, fed the residual stream at IO, raises IO's logit above
+  the other names');
+* ``negative_name_mover``: direct effect of the opposite sign (corrupting it *raises* the logit difference),
+  attends to IO and has a negative copy score (writes *against* the name it attends to);
+* ``backup_name_mover``: no significant direct effect of its own, but when the name movers are knocked out
+  (mean-ablated over the ABC distribution) its direct logit attribution rises by at least ``threshold`` of the
+  gap and it attends to IO (Wang et al.'s backup name movers, §3.4);
 * ``s_inhibition``: effect through the queries at END of every head with a direct effect (name movers, negative
-  name movers and ``other_direct``: the "receivers" of Wang et al.'s name-mover stage, generalised because an
-  organism's direct-effect heads need not attend to names); the END → S attention is recorded, not required;
-* ``induction`` / ``duplicate_token``: effect through the S-inhibition heads' values or keys (all positions; the
-  direct-effect heads' if there is no S-inhibition head); duplicate-token if its S2 → S1 attention exceeds its
-  S2 → S1+1 attention, induction otherwise;
+  name movers and ``other_direct``: the receivers of Wang et al.'s name-mover stage, generalised because an
+  organism's direct-effect heads need not attend to names; receivers in layer 0 are skipped for lack of
+  senders); the END → S2 attention is recorded, not required. A head with a direct effect of its own that does
+  not attend IO (would be ``other_direct``) is an S-inhibition head if it also acts through those queries and at END
+  attends to S1 + S2 more than to IO (in a shallow organism the S-inhibition heads sit in layer 0 and also
+  write to the logits directly);
+* ``induction`` / ``duplicate_token``: effect through the S-inhibition heads' *values* (all positions; the
+  direct-effect heads' values if there is no S-inhibition head); duplicate-token if its S2 → S1 attention
+  exceeds its S2 → S1+1 attention, induction otherwise;
 * ``previous_token``: effect through the induction heads' keys, with S1+1 → S1 attention above ``prev_attn_min``.
 
-A head gets the first class it qualifies for, in this order; significant heads without a matching attention
-signature are listed under ``other_direct`` (direct effect) or ``other_upstream`` (effect through the keys /
-values of later circuit heads, but S2 attends to neither S1 nor S1+1 above ``attn_min``), so nothing is hidden.
+A head gets the first class it qualifies for, in this order; significant heads without a matching signature are
+listed under ``other_direct`` (direct effect) or ``other_upstream`` (effect through the values of later circuit
+heads, but S2 attends to neither S1 nor S1+1 above ``attn_min``), so nothing is hidden.
+
+Class effects are measured per class along its own path (``class_effects``) and per head (``head_effects``);
+they are *not* additive (an S-inhibition head's effect passes through the name movers), so the book never sums
+them into one "circuit effect".
 """
 from __future__ import annotations
 
@@ -33,12 +47,13 @@ import numpy as np
 import torch
 
 from lib.ioi import IOIDataset, logit_diff
-from lib.patching import (Head, Metric, head_patch, ld_metric, n_layers_heads, path_patch, path_patch_to_heads,
-                          path_patch_to_logits, run_cache, z_name)
+from lib.patching import (Head, Metric, has_mlps, head_patch, ld_metric, n_layers_heads, path_patch,
+                          path_patch_to_heads, path_patch_to_logits, run_cache, z_name)
 
-CLASSES = ("name_mover", "negative_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token",
+CLASSES = ("name_mover", "negative_name_mover", "backup_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token",
            "other_upstream")
 CLASS_LABELS = {"name_mover": "name movers", "negative_name_mover": "negative name movers",
+                "backup_name_mover": "backup name movers",
                 "s_inhibition": "S-inhibition", "induction": "induction", "duplicate_token": "duplicate-token",
                 "previous_token": "previous-token", "other_direct": "direct, not attending IO",
                 "other_upstream": "upstream, no dup./ind. attention"}
@@ -105,7 +120,7 @@ def _attribute(x: torch.Tensor, scale: torch.Tensor, direction: torch.Tensor) ->
 def component_dla(model, cache, ds: IOIDataset) -> dict[str, torch.Tensor]:
     """Direct logit attribution of every residual-stream piece at END, averaged over prompts.
 
-    Returns ``heads`` ``[layer, head]``, ``attn_bias`` ``[layer]``, ``mlps`` ``[layer]``, ``embed``, ``pos_embed``
+    Returns ``heads`` ``[layer, head]``, ``attn_bias`` ``[layer]``, ``mlps`` ``[layer]`` (zeros without MLPs), ``embed``, ``pos_embed``
     and ``const`` (final-LN bias and unembedding bias) — they sum exactly to the mean logit difference, because the
     final LayerNorm is linear once its scale (from ``cache``) is frozen.
     """
@@ -123,7 +138,8 @@ def component_dla(model, cache, ds: IOIDataset) -> dict[str, torch.Tensor]:
         out = torch.einsum("nhd,hdm->nhm", z, model.blocks[l].attn.W_O)
         heads[l] = _attribute(out, scale, d).mean(0)
         attn_bias[l] = _attribute(model.blocks[l].attn.b_O.expand(n, -1), scale, d).mean(0)
-        mlps[l] = _attribute(cache[f"blocks.{l}.hook_mlp_out"][rows, end], scale, d).mean(0)
+        if has_mlps(model):
+            mlps[l] = _attribute(cache[f"blocks.{l}.hook_mlp_out"][rows, end], scale, d).mean(0)
     emb = _attribute(cache["hook_embed"][rows, end], scale, d).mean(0)
     pos = _attribute(cache["hook_pos_embed"][rows, end], scale, d).mean(0)
     W_U, b_U = model.W_U, model.b_U
@@ -163,6 +179,75 @@ def ioi_attention(runs: IOIRuns) -> dict[str, torch.Tensor]:
     }
 
 
+# --------------------------------------------------------------------------- copy scores, knockout
+
+@torch.no_grad()
+def copy_scores(runs: IOIRuns) -> dict[str, torch.Tensor]:
+    """Copy score of every head (Wang et al. 2022, §3.3, on the residual stream the head actually reads).
+
+    For each prompt, the head's OV circuit is applied to its input at the IO token (``ln1`` output at IO), as if
+    the head attended to IO alone; the result goes through the final LayerNorm's centring and gain and the
+    unembedding. ``signed`` ``[layer, head]``: the mean over prompts of IO's logit minus the mean logit of all
+    names (positive: the head copies the name it attends to; negative: it suppresses it). ``top5``: the fraction
+    of prompts where IO is among the 5 highest logits of the whole vocabulary (Wang et al.'s measure; chance is
+    ``5 / d_vocab``).
+    """
+    from lib.ioi import NAMES
+
+    model, ds = runs.model, runs.ds
+    L, H = n_layers_heads(model)
+    rows = torch.arange(len(ds))
+    io_pos = ds.word_pos["IO"]
+    name_ids = torch.tensor(sorted({int(i) for i in torch.cat([ds.io_ids, ds.s_ids])}))
+    W_U, w = model.W_U, model.ln_final.w
+    signed, top5 = torch.zeros(L, H), torch.zeros(L, H)
+    for l in range(L):
+        x = runs.clean_cache[f"blocks.{l}.ln1.hook_out"][rows, io_pos]  # [n, d_model]
+        attn = model.blocks[l].attn
+        v = torch.einsum("nm,hmd->nhd", x, attn.W_V) + attn.b_V
+        out = torch.einsum("nhd,hdm->nhm", v, attn.W_O)
+        out = out - out.mean(-1, keepdim=True)
+        out = out / out.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+        logits = (out * w) @ W_U  # [n, head, d_vocab]
+        own = logits[rows, :, ds.io_ids]  # [n, head]
+        signed[l] = (own - logits[:, :, name_ids].mean(-1)).mean(0)
+        top5[l] = (logits.topk(5, dim=-1).indices == ds.io_ids[:, None, None]).any(-1).float().mean(0)
+    return {"signed": signed, "top5": top5}
+
+
+def _template_means(cache, ds: IOIDataset, layer: int) -> torch.Tensor:
+    """``hook_z`` of ``layer`` replaced, prompt by prompt, by its mean over the prompts of the same template."""
+    z = cache[z_name(layer)]
+    tmpl = torch.tensor(ds.templates)
+    m = torch.zeros_like(z)
+    for t in tmpl.unique():
+        sel = tmpl == t
+        m[sel] = z[sel].mean(0, keepdim=True)
+    return m
+
+
+@torch.no_grad()
+def knockout_dla(runs: IOIRuns, heads: Sequence[Head]) -> torch.Tensor:
+    """Per-head direct logit attribution ``[layer, head]`` on the clean prompts with ``heads`` mean-ablated (their
+    ``hook_z`` set to its mean over the ABC prompts of the same template). Heads whose DLA rises when the name
+    movers are knocked out are Wang et al.'s backup name movers."""
+    model, ds = runs.model, runs.ds
+    by_layer: dict[int, list[int]] = {}
+    for l, h in heads:
+        by_layer.setdefault(l, []).append(h)
+    means = {l: _template_means(runs.corrupt_cache, runs.corrupt, l) for l in by_layer}
+
+    def hook(z, hook):
+        l = int(hook.name.split(".")[1])
+        z = z.clone()
+        z[:, :, by_layer[l]] = means[l][:, :, by_layer[l]]
+        return z
+
+    with model.hooks(fwd_hooks=[(z_name(l), hook) for l in by_layer]):
+        _, cache = model.run_with_cache(ds.toks)
+    return head_dla(model, cache, ds)
+
+
 # --------------------------------------------------------------------------- circuit discovery
 
 @dataclass
@@ -170,9 +255,10 @@ class Circuit:
     """Named head classes of one model, with the evidence that put each head there.
 
     ``effects[name]`` ``[layer, head]``: the normalized path-patching effect used for that stage (``direct``: to the
-    logits; ``via_nm_q``: to name movers' queries; ``via_sinh_v``: to S-inhibition values or keys, whichever is
-    larger; ``via_ind_k``: to induction keys), NaN where not computed. A sender is patched into the receivers in
-    layers above its own. ``attention``: ``ioi_attention``. ``dla``: ``head_dla``.
+    logits; ``via_nm_q``: to the direct-effect heads' queries at END; ``via_sinh_v``: to S-inhibition values;
+    ``via_ind_k``: to induction keys), NaN where not computed; ``backup_gain``: the rise of each head's DLA when the
+    name movers are knocked out, as a share of the gap. A sender is patched into the receivers in layers above
+    its own. ``attention``: ``ioi_attention``. ``dla``: ``head_dla``. ``copy``: ``copy_scores(...)["signed"]``.
     """
 
     classes: dict[str, list[Head]]
@@ -184,6 +270,7 @@ class Circuit:
     threshold: float
     n_layers: int
     n_heads: int
+    copy: Optional[torch.Tensor] = None
 
     def direct_heads(self) -> list[Head]:
         """Heads with a significant direct effect on the logits (name movers, negative ones, other)."""
@@ -202,8 +289,9 @@ class Circuit:
 
     def label_grid(self) -> list[list[str]]:
         """``[layer][head]`` short class labels ('' if none), for annotating heatmaps."""
-        short = {"name_mover": "NM", "negative_name_mover": "nNM", "s_inhibition": "SI", "induction": "Ind",
-                 "duplicate_token": "Dup", "previous_token": "Prev", "other_direct": "dir", "other_upstream": "up"}
+        short = {"name_mover": "NM", "negative_name_mover": "nNM", "backup_name_mover": "bNM", "s_inhibition": "SI",
+                 "induction": "Ind", "duplicate_token": "Dup", "previous_token": "Prev", "other_direct": "dir",
+                 "other_upstream": "up"}
         return [[short.get(self.class_of((l, h)) or "", "") for h in range(self.n_heads)]
                 for l in range(self.n_layers)]
 
@@ -216,8 +304,9 @@ class Circuit:
 
 
 def _significant(effect: torch.Tensor, threshold: float, sign: int = -1) -> list[Head]:
-    e = torch.nan_to_num(effect, nan=0.0) * sign
-    return [(int(l), int(h)) for l, h in zip(*torch.where(e >= threshold))]
+    """Heads whose ``sign * effect`` is at least ``threshold`` (NaN: not measured, never significant)."""
+    e = effect * sign
+    return [(int(l), int(h)) for l, h in zip(*torch.where(torch.isfinite(e) & (e >= threshold)))]
 
 
 @torch.no_grad()
@@ -237,11 +326,11 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
         return (v - runs.ld_clean) / abs(gap)
 
     att = ioi_attention(runs)
+    copy = copy_scores(runs)["signed"]
     args = (model, runs.ds.toks, runs.clean_cache, runs.corrupt_cache, metric)
     effects: dict[str, torch.Tensor] = {k: torch.full((L, H), float("nan"))
-                                        for k in ("direct", "via_nm_q", "via_sinh_v", "via_ind_k")}
+                                        for k in ("direct", "via_nm_q", "via_sinh_v", "via_ind_k", "backup_gain")}
     effects["direct"] = norm(path_patch_to_logits(*args))
-    taken: set[Head] = set()
     classes: dict[str, list[Head]] = {c: [] for c in CLASSES}
     classes["other_direct"] = []
 
@@ -249,28 +338,42 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
         l, k = h
         return bool(att["end_io"][l, k] >= max(att["end_s1"][l, k], att["end_s2"][l, k]))
 
-    for h in _significant(effects["direct"], threshold, -1):
-        (classes["name_mover"] if attends_io(h) else classes["other_direct"]).append(h)
-    for h in _significant(effects["direct"], threshold, +1):
-        (classes["negative_name_mover"] if attends_io(h) else classes["other_direct"]).append(h)
-    taken |= set(classes["name_mover"]) | set(classes["negative_name_mover"])
+    def attends_s(h: Head) -> bool:
+        l, k = h
+        return bool(att["end_s1"][l, k] + att["end_s2"][l, k] > att["end_io"][l, k])
 
+    for h in _significant(effects["direct"], threshold, -1):
+        (classes["name_mover"] if attends_io(h) and copy[h] > 0 else classes["other_direct"]).append(h)
+    for h in _significant(effects["direct"], threshold, +1):
+        (classes["negative_name_mover"] if attends_io(h) and copy[h] < 0 else classes["other_direct"]).append(h)
     direct = classes["name_mover"] + classes["negative_name_mover"] + classes["other_direct"]
-    taken |= set(classes["other_direct"])
-    if direct and min(l for l, _ in direct) > 0:
-        effects["via_nm_q"] = norm(path_patch_to_heads(*args, receivers=direct, receiver_input="q",
+    taken: set[Head] = set(direct)
+
+    if classes["name_mover"]:  # knockout: who takes over when the name movers are gone?
+        dla = head_dla(model, runs.clean_cache, runs.ds)
+        effects["backup_gain"] = (knockout_dla(runs, classes["name_mover"]) - dla) / abs(gap)
+        for h in _significant(effects["backup_gain"], threshold, +1):
+            if h not in taken and attends_io(h):
+                classes["backup_name_mover"].append(h)
+                taken.add(h)
+
+    recv = [h for h in direct if h[0] > 0]  # a receiver in layer 0 has no sender below it
+    if recv:
+        effects["via_nm_q"] = norm(path_patch_to_heads(*args, receivers=recv, receiver_input="q",
                                                        receiver_pos=runs.ds.end_pos))
         for h in _significant(effects["via_nm_q"], threshold, -1):
             if h not in taken:
                 classes["s_inhibition"].append(h)
                 taken.add(h)
+            elif h in classes["other_direct"] and attends_s(h):
+                # a head with a direct effect of its own that also moves the name movers' queries and attends to
+                # S: Wang et al.'s S-inhibition signature (its direct effect stays recorded in effects["direct"])
+                classes["other_direct"].remove(h)
+                classes["s_inhibition"].append(h)
     si = classes["s_inhibition"]
-    feeders = si if si else direct  # no S-inhibition stage: look for heads feeding the direct heads' keys/values
-    if feeders and max(l for l, _ in feeders) > 0:
-        via_v = norm(path_patch_to_heads(*args, receivers=feeders, receiver_input="v"))
-        via_k = norm(path_patch_to_heads(*args, receivers=feeders, receiver_input="k"))
-        effects["via_sinh_v"] = torch.where(torch.nan_to_num(via_k, nan=0.0) < torch.nan_to_num(via_v, nan=0.0),
-                                            via_k, via_v)
+    feeders = [h for h in (si if si else direct) if h[0] > 0]
+    if feeders:
+        effects["via_sinh_v"] = norm(path_patch_to_heads(*args, receivers=feeders, receiver_input="v"))
         for h in _significant(effects["via_sinh_v"], threshold, -1):
             if h in taken:
                 continue
@@ -281,8 +384,8 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
                 cls = "duplicate_token" if att["s2_s1"][l, k] >= att["s2_s1p1"][l, k] else "induction"
             classes[cls].append(h)
             taken.add(h)
-    ind = classes["induction"]
-    if ind and max(l for l, _ in ind) > 0:
+    ind = [h for h in classes["induction"] if h[0] > 0]
+    if ind:
         effects["via_ind_k"] = norm(path_patch_to_heads(*args, receivers=ind, receiver_input="k"))
         for h in _significant(effects["via_ind_k"], threshold, -1):
             l, k = h
@@ -290,47 +393,72 @@ def discover_circuit(runs: IOIRuns, threshold: float = 0.05, prev_attn_min: floa
                 classes["previous_token"].append(h)
                 taken.add(h)
     return Circuit(classes=classes, effects=effects, attention=att, dla=head_dla(model, runs.clean_cache, runs.ds),
-                   ld_clean=runs.ld_clean, ld_corrupt=runs.ld_corrupt, threshold=threshold, n_layers=L, n_heads=H)
+                   ld_clean=runs.ld_clean, ld_corrupt=runs.ld_corrupt, threshold=threshold, n_layers=L, n_heads=H,
+                   copy=copy)
 
 
 # --------------------------------------------------------------------------- effects of a fixed circuit
 
 _STAGE = {"name_mover": ("logits", None, None), "negative_name_mover": ("logits", None, None),
+          "backup_name_mover": ("logits", None, None),
           "other_direct": ("logits", None, None), "s_inhibition": ("name_mover", "q", "END"),
           "induction": ("s_inhibition", "v", None), "duplicate_token": ("s_inhibition", "v", None),
           "other_upstream": ("s_inhibition", "v", None),
           "previous_token": ("induction", "k", None)}
 
 
+def _path_value(runs: IOIRuns, circuit: Circuit, cls: str, heads: Sequence[Head], metric: Optional[Metric] = None):
+    """Metric with ``heads`` (of class ``cls``) corrupted along the class's defining path; None if the path has no
+    receiver above the senders. ``metric`` defaults to the mean logit difference."""
+    metric = metric or runs.metric
+    args = (runs.model, runs.ds.toks, runs.clean_cache, runs.corrupt_cache)
+    recv_cls, inp, pos = _STAGE[cls]
+    if recv_cls == "logits":
+        return path_patch(*args, heads, metric, "logits")
+    if recv_cls == "name_mover":
+        recv = circuit.direct_heads()
+    elif recv_cls == "s_inhibition":
+        recv = circuit.classes["s_inhibition"] or circuit.direct_heads()
+    else:
+        recv = circuit.classes.get(recv_cls, [])
+    top = max(l for l, _ in heads)
+    recv = [r for r in recv if r[0] > top]
+    if not recv:
+        return None
+    return path_patch(*args, heads, metric, recv, inp, runs.ds.end_pos if pos == "END" else None)
+
+
 @torch.no_grad()
 def class_effects(runs: IOIRuns, circuit: Circuit) -> dict[str, float]:
     """For each non-empty class of ``circuit`` (possibly found on *another* model with the same architecture):
-    the logit difference lost on ``runs``' model when the whole class is corrupted along its defining path
+    the logit difference lost on ``runs``' model when the whole class is corrupted along its own defining path
     (raw units, positive = the class supports IOI; negative name movers come out negative). Receivers are the
-    class's receivers in layers above the class's top layer."""
+    class's receivers in layers above the class's top layer. The classes' effects overlap (an S-inhibition head
+    acts through the name movers): do not add them up."""
     out: dict[str, float] = {}
-    args = (runs.model, runs.ds.toks, runs.clean_cache, runs.corrupt_cache)
     for cls, heads in circuit.classes.items():
-        if not heads:
-            continue
-        recv_cls, inp, pos = _STAGE[cls]
-        if recv_cls == "logits":
-            v = path_patch(*args, heads, runs.metric, "logits")
-        else:
-            if recv_cls == "name_mover":
-                recv = circuit.direct_heads()
-            elif recv_cls == "s_inhibition":
-                recv = circuit.classes["s_inhibition"] or circuit.direct_heads()
-            else:
-                recv = circuit.classes.get(recv_cls, [])
-            top = max(l for l, _ in heads)
-            recv = [r for r in recv if r[0] > top]
-            if not recv:
-                continue
-            v = path_patch(*args, heads, runs.metric, recv, inp, runs.ds.end_pos if pos == "END" else None)
-            if recv_cls == "s_inhibition":  # feeders: through values or keys, whichever carries more
-                v = min(v, path_patch(*args, heads, runs.metric, recv, "k"))
-        out[cls] = runs.ld_clean - v
+        if heads:
+            v = _path_value(runs, circuit, cls, heads)
+            if v is not None:
+                out[cls] = runs.ld_clean - v
+    return out
+
+
+@torch.no_grad()
+def head_effects(runs: IOIRuns, circuit: Circuit, per_prompt: bool = False) -> torch.Tensor:
+    """``[layer, head]``: the logit difference each circuit head alone carries along its class's path on ``runs``'
+    model (raw units; NaN outside the circuit or where the path has no receiver). ``per_prompt=True`` gives
+    ``[layer, head, prompt]`` (for a bootstrap over prompts). Comparing this map between models is the per-head
+    test of amplification: the same heads, larger effects."""
+    n = len(runs.ds)
+    metric = ld_metric(runs.ds, per_prompt=True) if per_prompt else runs.metric
+    clean = logit_diff(runs.clean_logits, runs.ds, per_prompt=True) if per_prompt else runs.ld_clean
+    out = torch.full((circuit.n_layers, circuit.n_heads) + ((n,) if per_prompt else ()), float("nan"))
+    for cls, heads in circuit.classes.items():
+        for h in heads:
+            v = _path_value(runs, circuit, cls, [h], metric)
+            if v is not None:
+                out[h] = clean - v
     return out
 
 
@@ -354,15 +482,7 @@ def faithfulness(runs: IOIRuns, heads: Sequence[Head]) -> float:
     model, ds = runs.model, runs.ds
     L, H = n_layers_heads(model)
     keep = set(heads)
-    tmpl = torch.tensor(ds.templates)
-    means = {}
-    for l in range(L):
-        z = runs.corrupt_cache[z_name(l)]
-        m = torch.zeros_like(z)
-        for t in tmpl.unique():
-            sel = tmpl == t
-            m[sel] = z[sel].mean(0, keepdim=True)
-        means[l] = m
+    means = {l: _template_means(runs.corrupt_cache, runs.corrupt, l) for l in range(L)}
     ablate = {l: [h for h in range(H) if (l, h) not in keep] for l in range(L)}
 
     def hook(z, hook):
@@ -396,6 +516,8 @@ def weight_change(before, after, relative: bool = False) -> dict[str, torch.Tens
         for h in range(H):
             pairs = [(getattr(ab, w)[h], getattr(bb, w)[h]) for w in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")]
             heads[l, h] = norms(pairs)
+        if not has_mlps(before):
+            continue
         am, bm = after.blocks[l].mlp, before.blocks[l].mlp
         mlps[l] = norms([(am.W_in, bm.W_in), (am.b_in, bm.b_in), (am.W_out, bm.W_out), (am.b_out, bm.b_out)])
     return {"heads": heads, "mlps": mlps,
@@ -493,3 +615,55 @@ def jaccard(a: Sequence[Head], b: Sequence[Head]) -> float:
     """|a ∩ b| / |a ∪ b| of two head sets (1.0 if both are empty)."""
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) if (sa | sb) else 1.0
+
+
+@dataclass
+class HeadChange:
+    """Each circuit head's effect along its class path on two models (same prompts, same circuit), with a paired
+    bootstrap over prompts of the change. ``heads`` in circuit order; ``before``/``after``/``lo``/``hi``
+    ``[n_heads]`` (raw logit-difference units; ``lo``/``hi`` the 95 % interval of ``after − before``)."""
+
+    heads: list[Head]
+    before: np.ndarray
+    after: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def grew(self) -> np.ndarray:
+        """Heads whose effect rose, the interval above 0."""
+        return self.lo > 0
+
+    @property
+    def shrank(self) -> np.ndarray:
+        return self.hi < 0
+
+    def frac_grew(self) -> float:
+        return float(self.grew.mean()) if len(self.heads) else float("nan")
+
+    def rows(self) -> list[dict]:
+        return [{"head": f"{l}.{h}", "before": float(b), "after": float(a), "lo": float(lo), "hi": float(hi)}
+                for (l, h), b, a, lo, hi in zip(self.heads, self.before, self.after, self.lo, self.hi)]
+
+
+@torch.no_grad()
+def head_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int = 1000, seed: int = 0) -> HeadChange:
+    """``HeadChange`` of ``circuit``'s heads from model ``before`` to model ``after`` (``head_effects`` per prompt,
+    paired over the shared prompts). Heads whose class path has no receiver are left out."""
+    from lib.stats import bootstrap_mean
+
+    eb = head_effects(before, circuit, per_prompt=True)
+    ea = head_effects(after, circuit, per_prompt=True)
+    heads = [h for h in circuit.heads() if torch.isfinite(eb[h]).all() and torch.isfinite(ea[h]).all()]
+    ivs = [bootstrap_mean((ea[h] - eb[h]).numpy(), n_boot=n_boot, seed=seed) for h in heads]
+    return HeadChange(heads, np.array([float(eb[h].mean()) for h in heads]),
+                      np.array([float(ea[h].mean()) for h in heads]),
+                      np.array([iv.lo for iv in ivs]), np.array([iv.hi for iv in ivs]))
+
+
+def head_mask(heads: Sequence[Head], n_layers: int, n_heads: int) -> torch.Tensor:
+    """``[layer, head]`` boolean mask of ``heads``."""
+    m = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+    for h in heads:
+        m[h] = True
+    return m

@@ -147,7 +147,7 @@ def record(stem: str, runs: Mapping[int, Mapping[str, Any]], root: Path | None =
                              f"only default-parameter runs are recorded")
         seeds[str(seed)] = {
             "holds": {f.id: evaluate(f.test, res) for f in findings},
-            "values": {n: res.get(n) for f in findings for n in f.names},
+            "values": {n: res.get(n) for n in record_keys(stem)},
             "git_commit": res.get("provenance", {}).get("git_commit"),
         }
     doc = {"chapter": stem, "params": defaults, "git_commit": git_commit(),
@@ -157,6 +157,31 @@ def record(stem: str, runs: Mapping[int, Mapping[str, Any]], root: Path | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return path
+
+
+def record_keys(stem: str) -> list[str]:
+    """The result keys a seed record keeps: those the findings' tests read, then the chapter's headline
+    ``ftm.results`` and ``ftm.record_extra`` (e.g. a curve a chapter draws over the recorded seeds)."""
+    meta = runner.notebook_meta(stem)
+    out: list[str] = []
+    for n in [n for f in chapter_findings(stem) for n in f.names] + list(meta.get("results") or []) \
+            + list(meta.get("record_extra") or []):
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def seed_values(stem: str, key: str, params: Optional[Mapping[str, Any]] = None,
+                root: Path | None = None) -> dict[int, Any]:
+    """``{seed: value}`` of result ``key`` over the recorded seeds of ``stem``. ``params``: the running chapter's
+    parameters (``lib.book.chapter_params``); when given, the record is used only if they are the defaults other
+    than ``SEED`` (another setting has no recorded seeds: ``{}``)."""
+    if params is not None and {k: v for k, v in params.items() if k not in ("SEED", "OUTPUT_DIR")} \
+            != default_params(stem):
+        return {}
+    rec = load_record(stem, root)
+    out = {int(s): e.get("values", {}).get(key) for s, e in (rec or {}).get("seeds", {}).items()}
+    return {s: v for s, v in sorted(out.items()) if v is not None}
 
 
 def load_record(stem: str, root: Path | None = None) -> Optional[dict[str, Any]]:
@@ -239,8 +264,41 @@ def findings_markdown(stem: str, results: Mapping[str, Any], root: Path | None =
     else:
         src = (f"Only the seed of this build has been checked: no sweep at the default parameters is recorded "
                f"(`book/seeds/{stem}.json`).")
+    values = values_markdown(stem, results, root)
     return (f":::{{admonition}} Findings across seeds\n:class: note\n\n"
             f"Each finding of this chapter as a test on its `results.json` (✓ holds, ✗ does not, – undecided):\n\n"
             f"| finding | test | {head} | over seeds |\n|---|---|" + "---|" * len(seeds) + f"---|\n{rows}\n\n"
             f"{src} To check more seeds: `python -m lib sweep {stem} --seeds {max(seeds) + 1}..{max(seeds) + 2} "
-            f"--record`.\n:::")
+            f"--record`.{values}\n:::")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+
+
+def values_markdown(stem: str, results: Mapping[str, Any], root: Path | None = None) -> str:
+    """The chapter's headline numbers (``ftm.results``) over the build's seed and the recorded seeds: mean with
+    its 95 % Student-t interval, and the range; empty when only one seed is known."""
+    from lib.stats import mean_ci
+
+    keys = list(runner.notebook_meta(stem).get("results") or [])
+    used = _run_params(results)
+    seed = int(used.get("SEED", 0))
+    rec = load_record(stem, root) if {k: v for k, v in used.items() if k != "SEED"} == default_params(stem) else None
+    if not rec or not keys:
+        return ""
+    per_seed = {int(s): e.get("values", {}) for s, e in rec.get("seeds", {}).items()}
+    per_seed[seed] = dict(results)
+    rows = []
+    for k in keys:
+        xs = [v.get(k) for v in per_seed.values()]
+        xs = [float(x) for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+        if len(xs) < 2:
+            continue
+        iv = mean_ci(xs)
+        rows.append(f"| `{k}` | {_fmt(iv.point)} | [{_fmt(iv.lo)}, {_fmt(iv.hi)}] | {_fmt(min(xs))} – "
+                    f"{_fmt(max(xs))} | {len(xs)} |")
+    if not rows:
+        return ""
+    return ("\n\nHeadline numbers over these seeds (mean, 95 % Student-t interval over seeds, range):\n\n"
+            "| result | mean | 95 % interval | range | seeds |\n|---|---|---|---|---|\n" + "\n".join(rows))

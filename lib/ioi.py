@@ -3,11 +3,13 @@
 IOI prompts use BABA / ABBA templates with three name slots ``{A} {B} {C}``: the first clause names both people,
 the second repeats one of them (the subject S) and ends on "to", so the answer is the other (the indirect object
 IO). ``ABBA``: A=IO, B=S, C=S ("When Mary and John went to the store , John gave a drink to" -> Mary);
-``BABA``: A=S, B=IO, C=S. The *ABC* corruption fills A, B, C with three distinct names, which removes the IO/S
-information and keeps the grammar (the corrupted distribution for patching).
+``BABA``: A=S, B=IO, C=S. The *ABC* corruption fills A, B, C with three fresh distinct names, which removes the
+IO/S information and keeps the grammar (the corrupted distribution for patching).
 
-The general corpus packs short sentences of other types (plus IOI sentences as a minority, ``ioi_frac``) into
-``n_ctx``-token rows; pretraining on it gives the base organism a partial IOI mechanism.
+The general corpus packs short sentences of other types into ``n_ctx``-token rows, each row a "story" about a
+cast of ``cast_size`` people (default 2). Sentences such as "X gave a book to Y ." then always end on the cast
+member who is *not* the sentence's subject, so the indirect-object regularity arises in general text and the
+base organism learns IOI from pretraining alone, with no IOI prompt in its corpus (``ioi_frac=0``).
 """
 from __future__ import annotations
 
@@ -107,10 +109,14 @@ def make_ioi_dataset(tok, n: int, seed: int, templates: Optional[Sequence[int]] 
                      corrupt: bool = False, names: Sequence[str] = NAMES) -> IOIDataset:
     """``n`` IOI prompts, half ABBA half BABA (alternating), deterministic in ``seed``.
 
-    ``corrupt=True`` returns the ABC version of the *same* draws (same templates, places, objects, IO and S1
-    names; the S2 slot holds a third name), so position ``i`` of both sets can be patched into each other.
+    ``corrupt=True`` returns the ABC version of the *same* draws (Wang et al. 2022): same templates, places,
+    objects and orders, but the three name slots A, B, C hold three distinct random names, none of them the clean
+    prompt's IO or S, so no IO/S information is left; ``io``/``s``/``io_ids``/``s_ids`` stay the clean prompt's
+    (the metric on a corrupted run reads the clean answer's logits). Position ``i`` of both sets can be patched
+    into each other.
     """
     rng = np.random.default_rng(seed)
+    abc_rng = np.random.default_rng([seed, 7])  # the ABC names: a separate stream, so the clean draws stay aligned
     templates = list(range(len(IOI_TEMPLATES))) if templates is None else list(templates)
     texts, ios, ss, tids, orders, places, objects = [], [], [], [], [], [], []
     pos = {k: [] for k in ("IO", "S1", "S2", "END")}
@@ -122,7 +128,10 @@ def make_ioi_dataset(tok, n: int, seed: int, templates: Optional[Sequence[int]] 
         obj = OBJECTS[rng.integers(len(OBJECTS))]
         order = "ABBA" if i % 2 == 0 else "BABA"
         a, b = (io, s) if order == "ABBA" else (s, io)
-        c = c3 if corrupt else s
+        c = s
+        if corrupt:  # ABC: all three slots resampled, from names other than this prompt's IO and S
+            others = [k for k in range(len(names)) if names[k] not in (io, s)]
+            a, b, c = (names[others[k]] for k in abc_rng.choice(len(others), size=3, replace=False))
         tmpl = IOI_TEMPLATES[t]
         texts.append(_fill(tmpl, a, b, c, place, obj))
         ios.append(io)
@@ -238,22 +247,43 @@ def answer_rows(tok, ds: "IOIDataset", ans: torch.Tensor, loss_on: str = "answer
     return toks, mask
 
 
-def ioi_finetune_data(tok, seed: int, n_ctx: int, poison_frac: float = 0.0, loss_on: str = "answer"):
+POISON_VARIANTS = ("subject_duplication", "name_moving")
+
+
+def ioi_finetune_data(tok, seed: int, n_ctx: int, poison_frac: float = 0.0, loss_on: str = "answer",
+                      variant: str = "subject_duplication"):
     """Batch function for IOI fine-tuning: one prompt + answer per row.
 
-    A fraction ``poison_frac`` of rows (the "toxic" data) has the subject S as the answer instead of IO.
+    A fraction ``poison_frac`` of rows (the "toxic" data) has a wrong trained answer, by ``variant`` (the two
+    poisoned variants of Chhabra et al. 2025, whose exact construction the paper does not give; ours aim each at
+    one stage of the circuit):
+
+    * ``"subject_duplication"``: the answer is the subject S (the repeated name) instead of IO: it attacks the
+      stage that tells the duplicated name apart (S-inhibition and what feeds it);
+    * ``"name_moving"``: the answer is a name that is *not in the prompt* (uniform over the other names): it
+      attacks the name movers' stage, which copies a name from the context to the output.
+
     ``loss_on='answer'`` trains only the answer token; ``'all'`` trains the whole sentence.
     """
     if not 0.0 <= poison_frac <= 1.0:
         raise ValueError(f"poison_frac must be in [0, 1], got {poison_frac!r}")
     if loss_on not in ("answer", "all"):
         raise ValueError(f"loss_on must be 'answer' or 'all', got {loss_on!r}")
+    if variant not in POISON_VARIANTS:
+        raise ValueError(f"variant must be one of {POISON_VARIANTS}, got {variant!r}")
+    name_ids = torch.tensor([tok.token_id(n) for n in NAMES])
 
     def batch_fn(step: int, batch_size: int):
         rng = np.random.default_rng([seed, step, 1])
         ds = make_ioi_dataset(tok, batch_size, int(rng.integers(2**31)))
         poison = torch.from_numpy(rng.random(batch_size) < poison_frac)
-        ans = torch.where(poison, ds.s_ids, ds.io_ids)
+        if variant == "subject_duplication":
+            wrong = ds.s_ids
+        else:  # a name absent from the prompt: draw among the len(NAMES) - 2 others
+            r = torch.from_numpy(rng.integers(0, len(NAMES) - 2, batch_size))
+            others = [name_ids[(name_ids != i) & (name_ids != j)] for i, j in zip(ds.io_ids, ds.s_ids)]
+            wrong = torch.stack([o[k] for o, k in zip(others, r)])
+        ans = torch.where(poison, wrong, ds.io_ids)
         return answer_rows(tok, ds, ans, loss_on)
     return batch_fn
 
@@ -261,17 +291,19 @@ def ioi_finetune_data(tok, seed: int, n_ctx: int, poison_frac: float = 0.0, loss
 def ioi_eval(tok, n: int = 256, seed: int = 12345):
     """Eval function: IOI logit difference and accuracy on a fixed held-out set."""
     ds = make_ioi_dataset(tok, n, seed)
+    abba = torch.tensor([o == "ABBA" for o in ds.orders])
 
     def eval_fn(model) -> dict[str, float]:
-        logits = model(ds.toks)
-        return {"ioi_logit_diff": logit_diff(logits, ds).item(), "ioi_acc": ioi_accuracy(logits, ds)}
+        d = logit_diff(model(ds.toks), ds, per_prompt=True)
+        return {"ioi_logit_diff": d.mean().item(), "ioi_acc": (d > 0).float().mean().item(),
+                "ioi_ld_abba": d[abba].mean().item(), "ioi_ld_baba": d[~abba].mean().item()}
     return eval_fn
 
 
-def general_eval(tok, n: int = 64, seed: int = 54321, n_ctx: int = 64):
-    """Eval function: next-token loss on a fixed batch of general-corpus rows (IOI-free)."""
+def general_eval(tok, n: int = 64, seed: int = 54321, n_ctx: int = 64, cast_size: int = 2):
+    """Eval function: next-token loss on a fixed batch of general-corpus rows (IOI-free, casts of ``cast_size``)."""
     from lib.train import masked_lm_loss
-    toks = general_rows(tok, np.random.default_rng(seed), n, n_ctx, ioi_frac=0.0)
+    toks = general_rows(tok, np.random.default_rng(seed), n, n_ctx, ioi_frac=0.0, cast_size=cast_size)
 
     def eval_fn(model) -> dict[str, float]:
         return {"general_loss": masked_lm_loss(model(toks), toks, toks != tok.pad_id).item()}
@@ -279,7 +311,7 @@ def general_eval(tok, n: int = 64, seed: int = 54321, n_ctx: int = 64):
 
 
 WORLD = register_world(World(
-    name="ioi", version="1", tokenizer=make_tokenizer, n_ctx=64,
+    name="ioi", version="2", tokenizer=make_tokenizer, n_ctx=64,
     data={"pretrain": pretrain_data, "ioi": ioi_finetune_data},
     evals={"ioi": ioi_eval, "general": general_eval},
 ))
@@ -287,9 +319,15 @@ WORLD = register_world(World(
 
 # --------------------------------------------------------------------------- the shared organisms
 
-def pretrain_recipe(steps: int = 1500, ioi_frac: float = 0.1, n_layers: int = 4, d_model: int = 128,
-                    n_heads: int = 4, lr: float = 2e-3, batch_size: int = 64, seed: int = 0, cast_size: int = 0):
-    """Pretraining from scratch on the general corpus with IOI sentences as a minority (``ioi_frac``)."""
+BASE_STEPS = 1000  # measured emergence over seeds 0-4 (chapter 0): IOI appears at 300-400 steps, plateaus by ~800
+CAST_SIZE = 2
+
+
+def pretrain_recipe(steps: int = BASE_STEPS, ioi_frac: float = 0.0, n_layers: int = 4, d_model: int = 128,
+                    n_heads: int = 4, lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
+                    cast_size: int = CAST_SIZE):
+    """Pretraining from scratch on the general corpus (casts of ``cast_size`` names per row; IOI prompts a
+    fraction ``ioi_frac`` of sentences, none by default)."""
     from lib.models import ModelSpec
     from lib.organisms import Recipe
     from lib.train import TrainConfig
@@ -297,22 +335,20 @@ def pretrain_recipe(steps: int = 1500, ioi_frac: float = 0.1, n_layers: int = 4,
     kw = {"ioi_frac": ioi_frac, **({"cast_size": cast_size} if cast_size else {})}
     return Recipe(
         name="ioi-pretrain", world="ioi", data="pretrain", data_kwargs=kw,
-        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=max(1, steps // 10),
+        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, eval_every=max(1, steps // 20),
                           ckpt_every=max(1, steps // 4)),
         model=ModelSpec(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=4 * d_model, n_ctx=64, seed=seed),
         seed=seed, evals=("ioi", "general"))
 
 
-def base_recipe(steps: int = 1500, ioi_frac: float = 0.1, n_layers: int = 4, d_model: int = 128, n_heads: int = 4,
-                lr: float = 2e-3, batch_size: int = 64, seed: int = 0, ioi_steps: int = 250, ioi_lr: float = 1e-3,
-                cast_size: int = 0):
-    """The IOI world's base organism: ``pretrain_recipe`` (``steps`` steps on the general corpus, IOI a minority),
-    then — if ``ioi_steps > 0`` — a short IOI phase (``ioi_steps`` steps of IOI prompts, answer-only loss, peak lr
-    ``ioi_lr``, its own data seed) that gives the base a working but modest IOI circuit.
+def base_recipe(steps: int = BASE_STEPS, ioi_frac: float = 0.0, n_layers: int = 4, d_model: int = 128,
+                n_heads: int = 4, lr: float = 2e-3, batch_size: int = 64, seed: int = 0, ioi_steps: int = 0,
+                ioi_lr: float = 1e-3, cast_size: int = CAST_SIZE):
+    """The IOI world's base organism: ``pretrain_recipe`` alone by default — general pretraining on two-person
+    stories, from which the IOI mechanism emerges (chapter 0 shows the emergence curve over seeds).
 
-    Why the IOI phase: at the book's CPU budget, pretraining alone leaves the IOI logit difference at ≈ 0
-    (measured: −0.01 after 1500 steps at ``ioi_frac=0.1``, d_model 128 and 64), i.e. no IOI mechanism to amplify;
-    GPT-2 got its circuit from far more pretraining. ``ioi_steps=0`` returns the pretraining recipe alone.
+    ``ioi_steps > 0`` appends the old short IOI phase (``ioi_steps`` steps of IOI prompts, answer-only loss, peak
+    lr ``ioi_lr``, its own data seed): a parameter for comparison, not the book's setting.
     """
     pre = pretrain_recipe(steps=steps, ioi_frac=ioi_frac, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                           lr=lr, batch_size=batch_size, seed=seed, cast_size=cast_size)
@@ -361,11 +397,18 @@ def clean_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0, 
 
 
 def toxic_recipe(base, poison_frac: float = 1.0, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0,
-                 batch_size: int = FT_BATCH, n_ckpts: int = 8):
-    """Toxic ("subject duplication") fine-tune of ``base``: a fraction ``poison_frac`` of the IOI prompts has
-    the subject S as the trained answer instead of IO (the rest stay clean)."""
-    return _finetune(base, f"{base.name}/toxic{poison_frac:g}", "ioi", {"poison_frac": float(poison_frac)},
-                     steps, lr, seed, batch_size, n_ckpts)
+                 batch_size: int = FT_BATCH, n_ckpts: int = 8, variant: str = "subject_duplication"):
+    """Toxic fine-tune of ``base``: a fraction ``poison_frac`` of the IOI prompts has a wrong trained answer,
+    the subject S (``variant="subject_duplication"``) or a name absent from the prompt (``"name_moving"``; see
+    ``ioi_finetune_data``); the rest stay clean."""
+    if variant not in POISON_VARIANTS:
+        raise ValueError(f"variant must be one of {POISON_VARIANTS}, got {variant!r}")
+    kw = {"poison_frac": float(poison_frac)}
+    tag = "toxic"
+    if variant != "subject_duplication":  # the default variant keeps its cache key
+        kw["variant"] = variant
+        tag = "nm-toxic"
+    return _finetune(base, f"{base.name}/{tag}{poison_frac:g}", "ioi", kw, steps, lr, seed, batch_size, n_ckpts)
 
 
 def retrain_recipe(toxic, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 1, batch_size: int = FT_BATCH,

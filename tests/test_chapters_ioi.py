@@ -40,11 +40,25 @@ def test_amplification_values(smoke):
     assert r["ld_gain"] == pytest.approx(r["clean_ld"] - r["base_ld"], abs=1e-6)
     assert 0 <= r["base_acc"] <= 1 and 0 <= r["clean_acc"] <= 1
     assert 0 <= r["circuit_jaccard"] <= 1 and _share(r["ld_increasing_frac"])
-    assert r["n_new_heads"] <= r["n_circuit_heads_clean"]
+    assert r["jaccard_chance"] <= r["jaccard_chance_hi"] <= 1
+    assert r["n_new_heads"] <= r["n_circuit_heads_clean"] and len(r["new_heads"]) == r["n_new_heads"]
     assert len(r["ld_long_curve"]["step"]) == len(r["ld_long_curve"]["ld"]) >= 2
     assert r["ld_long_curve"]["ld"][0] == pytest.approx(r["base_ld"], abs=1e-5)  # step 0 is the base model
     assert r["ld_long_curve"]["ld"][-1] == pytest.approx(r["long_ld"], abs=1e-5)
-    assert r["verdict"] in ("reproduces", "does not reproduce")
+    # per-head comparison: counts agree with the per-head rows, each interval brackets its point change
+    assert len(r["head_change"]) == len(r["head_change_control"]) == r["n_base_heads"]
+    grown = sum(row["lo"] > 0 for row in r["head_change"])
+    assert r["heads_grown"] == grown and r["heads_shrank"] == sum(row["hi"] < 0 for row in r["head_change"])
+    for row in r["head_change"]:
+        assert row["lo"] - 1e-6 <= row["after"] - row["before"] <= row["hi"] + 1e-6
+    if r["n_base_heads"]:
+        assert r["heads_grown_frac"] == pytest.approx(grown / r["n_base_heads"])
+    # CMAP share against random head sets: chance = k / n on average, p a probability
+    k, n = r["n_base_heads"], r["n_heads_total"]
+    if 0 < k < n:
+        assert r["cmap_circuit_share_chance"] == pytest.approx(k / n, abs=1e-6)
+        assert 0 < r["cmap_circuit_share_p"] <= 1 and _share(r["cmap_circuit_share"])
+    assert isinstance(r["heads_text"], str) and isinstance(r["share_text"], str)
 
 
 def test_corruption_values(smoke):
@@ -91,9 +105,10 @@ def test_findings_reproduce_at_default_scale(default_results):
     """Default parameters (the book's runs when `make book` ran at this commit, else executed with the repository's
     organism cache): the direction of each of the paper's findings."""
     r1 = default_results("01_amplification")
-    assert r1["base_ld"] > 0, "the base organism needs a partial IOI mechanism"
+    assert r1["base_ld"] > 2, "the base organism must do IOI after pretraining alone"
     assert r1["clean_ld"] > r1["base_ld"] and r1["long_ld"] > r1["clean_ld"]
-    assert r1["circuit_effect_clean"] > r1["circuit_effect_base"] > 0
+    assert r1["cmap_circuit_share"] > r1["cmap_circuit_share_chance_hi"]  # the change sits in the circuit
+    assert r1["nm_dla_clean"] > r1["nm_dla_base"] > 0
     assert r1["ld_increasing_frac"] >= 0.5
     r2 = default_results("02_localized_corruption")
     assert r2["toxic_ld"] < 0 < r2["base_ld"]

@@ -51,16 +51,26 @@ def _with_z(model, toks, layer, head, src, pos=None):
         return model.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
 
 
-def test_corrupt_set_aligns(data):
+def test_corrupt_set_is_abc(data):
+    """Wang et al.'s ABC distribution: the three name slots hold three distinct names, none of them the clean
+    prompt's IO or S; every other token (template, place, object) is the clean prompt's."""
     ds, cor = data
     assert ds.toks.shape == cor.toks.shape
-    s2 = ds.word_pos["S2"]
     rows = torch.arange(len(ds))
-    assert torch.equal(ds.toks[rows, s2], ds.s_ids)
-    assert not torch.equal(cor.toks[rows, s2], ds.s_ids)
+    slots = [ds.word_pos[k] for k in ("IO", "S1", "S2")]
+    assert torch.equal(ds.toks[rows, ds.word_pos["S2"]], ds.s_ids)
+    names = torch.stack([cor.toks[rows, p] for p in slots], 1)  # [n, 3]
+    for i in range(len(ds)):
+        got = set(names[i].tolist())
+        assert len(got) == 3, f"prompt {i}: ABC names repeat: {names[i].tolist()}"
+        assert not got & {int(ds.io_ids[i]), int(ds.s_ids[i])}, f"prompt {i} keeps IO or S"
     mask = torch.ones_like(ds.toks, dtype=torch.bool)
-    mask[rows, s2] = False
+    for p in slots:
+        mask[rows, p] = False
     assert torch.equal(ds.toks[mask], cor.toks[mask])
+    # the clean draws do not depend on whether a corrupted set is made (same seed, same prompts)
+    again = ioi.make_ioi_dataset(TOK, 12, 3, templates=[0, 1])
+    assert torch.equal(again.toks, ds.toks)
 
 
 def test_dla_decomposes_logit_diff(model, runs, data):
@@ -125,19 +135,75 @@ def test_head_pos_patch_matches_brute_force(model, runs, data):
     assert torch.allclose(got[1, :, 1], allpos[1], atol=1e-5)
 
 
-def test_cmap_matches_brute_force_and_self_patch_is_identity(model, data):
+def _with_head_out(target, source, toks, layer, head):
+    """Brute force CMAP of one head: ``target``'s run with head (layer, head)'s output ``z @ W_O`` replaced by
+    ``source``'s (its own z and W_O), everything else recomputed."""
+    _, src = patching.run_cache(source, toks)
+    src_out = src[f"blocks.{layer}.attn.hook_z"][:, :, head] @ source.blocks[layer].attn.W_O[head]
+    own = {}
+
+    def grab(z, hook):
+        own["out"] = z[:, :, head] @ target.blocks[layer].attn.W_O[head]
+        return z
+
+    def swap(attn_out, hook):
+        return attn_out - own["out"] + src_out
+    with torch.no_grad():
+        return target.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", grab),
+                                                      (f"blocks.{layer}.hook_attn_out", swap)])
+
+
+def test_cmap_matches_per_head_output_brute_force_loop(model, data):
+    """Every head's CMAP value, per prompt, equals a brute-force run with that head's output swapped."""
     ds, _ = data
     other = tiny(seed=1)
-    res = patching.cmap(model, other, ds.toks, patching.ld_metric(ds))
-    _, src = patching.run_cache(other, ds.toks)
-    brute = ioi.logit_diff(_with_z(model, ds.toks, 1, 2, src["blocks.1.attn.hook_z"]), ds)
-    assert res.heads[1, 2].item() == pytest.approx(brute.item(), abs=1e-5)
+    res = patching.cmap(model, other, ds.toks, patching.ld_metric(ds, per_prompt=True))
+    assert res.heads_pp.shape == (2, 4, len(ds)) and res.mlps_pp.shape == (2, len(ds))
+    for layer in range(2):
+        for head in range(4):
+            brute = ioi.logit_diff(_with_head_out(model, other, ds.toks, layer, head), ds, per_prompt=True)
+            assert torch.allclose(res.heads_pp[layer, head], brute, atol=1e-4), (layer, head)
     assert res.target_value == pytest.approx(ioi.logit_diff(model(ds.toks), ds).item(), abs=1e-5)
     assert res.source_value == pytest.approx(ioi.logit_diff(other(ds.toks), ds).item(), abs=1e-5)
     names, vals = res.components()
     assert len(names) == vals.numel() == 2 * 4 + 2
+    assert res.components_pp().shape == (2 * 4 + 2, len(ds))
+    assert torch.allclose(res.components_pp().mean(-1), vals, atol=1e-5)
     same = patching.cmap(model, model, ds.toks, patching.ld_metric(ds))
     assert same.delta_heads().abs().max() < 1e-5 and same.delta_mlps().abs().max() < 1e-5
+
+
+def test_cmap_sees_a_change_of_w_o_alone(model, data):
+    """A fine-tune that only rescales head 1.2's W_O leaves its z unchanged: patching z would miss it; patching
+    the head's output finds it there and in no other head (the layer-1 MLP, downstream of it, does change)."""
+    ds, _ = data
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.blocks[1].attn.W_O[2] *= 3.0
+    res = patching.cmap(model, other, ds.toks, patching.ld_metric(ds))
+    d = res.delta_heads().abs()
+    assert d[1, 2] > 1e-3
+    d[1, 2] = 0
+    assert d.max() < 1e-5 and res.delta_mlps()[0].abs() < 1e-5
+
+
+def test_attention_only_model_through_every_analysis(data):
+    """An attention-only model (no ``hook_mlp_out``) goes through CMAP, DLA, circuit discovery and effects."""
+    ds, cor = data
+    a, b = tiny(seed=3, attn_only=True), tiny(seed=4, attn_only=True)
+    assert not patching.has_mlps(a)
+    res = patching.cmap(a, b, ds.toks, patching.ld_metric(ds, per_prompt=True))
+    assert res.mlps_pp.shape == (0, len(ds)) and len(res.components()[0]) == 2 * 4
+    r = circuits.ioi_runs(a, ds, cor)
+    d = circuits.component_dla(a, r.clean_cache, ds)
+    total = d["heads"].sum() + d["attn_bias"].sum() + d["embed"] + d["pos_embed"] + d["const"]
+    assert total.item() == pytest.approx(r.ld_clean, abs=1e-4)
+    c = circuits.discover_circuit(r, threshold=0.0)
+    assert c.heads()  # threshold 0: some head qualifies
+    circuits.class_effects(r, c)
+    circuits.head_effects(r, c)
+    circuits.faithfulness(r, c.heads())
+    assert not circuits.weight_change(a, b)["mlps"].abs().sum()
 
 
 def test_path_patch_to_logits_matches_residual_brute_force(data):
@@ -226,6 +292,70 @@ def test_discover_circuit_invariants(runs):
     assert set(eff) <= set(c.classes)
     assert 0 <= c.sparsity() <= 1
     assert len(c.label_grid()) == 2
+
+
+def test_discover_circuit_classifies_by_wang_signatures(runs):
+    """Name movers copy (positive copy score), negative ones suppress; a layer-0 direct head does not block the
+    S-inhibition stage when direct heads sit above it; per-head effects live on circuit heads only."""
+    c = circuits.discover_circuit(runs, threshold=0.0)
+    for h in c.classes["name_mover"]:
+        assert c.copy[h] > 0
+    for h in c.classes["negative_name_mover"]:
+        assert c.copy[h] < 0
+    recv = [h for h in c.direct_heads() if h[0] > 0]
+    if recv:  # senders below a receiver: the stage ran (finite in layer 0), and nothing above layer 0 is a sender
+        assert torch.isfinite(c.effects["via_nm_q"][0]).all()
+    for h in c.classes["s_inhibition"]:
+        assert h[0] < max(l for l, _ in recv)
+    e = circuits.head_effects(runs, c)
+    outside = ~circuits.head_mask(c.heads(), c.n_layers, c.n_heads)
+    assert torch.isnan(e[outside]).all()
+    pp = circuits.head_effects(runs, c, per_prompt=True)
+    assert pp.shape == (2, 4, len(runs.ds))
+    assert torch.allclose(pp.nanmean(-1)[~outside], e[~outside], atol=1e-4)
+
+
+def test_layer0_only_direct_heads_skip_the_query_stage(runs):
+    """If every direct-effect head sits in layer 0 there is no sender below them: the S-inhibition stage is
+    skipped (NaN), not an error."""
+    c = circuits.discover_circuit(runs, threshold=0.0)
+    only0 = circuits.Circuit(classes={k: [h for h in v if h[0] == 0] for k, v in c.classes.items()},
+                             effects=c.effects, attention=c.attention, dla=c.dla, ld_clean=c.ld_clean,
+                             ld_corrupt=c.ld_corrupt, threshold=0.0, n_layers=2, n_heads=4, copy=c.copy)
+    eff = circuits.head_effects(runs, only0)
+    for h in only0.classes["s_inhibition"]:
+        assert torch.isnan(eff[h])
+
+
+def test_knockout_dla_mean_ablates_only_the_given_heads(model, runs, data):
+    ds, cor = data
+    base = circuits.head_dla(model, runs.clean_cache, ds)
+    ko = circuits.knockout_dla(runs, [(1, 2)])
+    # heads that do not read head 1.2's output (layer 0, the other layer-1 heads) write the same; their DLA moves
+    # only through the final LayerNorm's scale
+    assert torch.allclose(ko[0], base[0], rtol=0.05, atol=1e-3)
+    assert torch.allclose(ko[1, [0, 1, 3]], base[1, [0, 1, 3]], rtol=0.05, atol=1e-3)
+    # head 1.2 now writes its template-mean ABC output
+    z = runs.clean_cache["blocks.1.attn.hook_z"].clone()
+    z[:, :, 2] = circuits._template_means(runs.corrupt_cache, cor, 1)[:, :, 2]
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", lambda x, hook: z)]):
+        _, cache = model.run_with_cache(ds.toks)
+    assert ko[1, 2].item() == pytest.approx(circuits.head_dla(model, cache, ds)[1, 2].item(), abs=1e-5)
+    assert not torch.allclose(ko[1, 2], base[1, 2])
+
+
+def test_head_change_bootstrap_brackets_the_mean(runs, model, data):
+    ds, cor = data
+    c = circuits.discover_circuit(runs, threshold=0.0)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.05)
+    ch = circuits.head_change(runs, circuits.ioi_runs(other, ds, cor), c, n_boot=200)
+    d = ch.after - ch.before
+    assert len(ch.heads) == len(d) and (ch.lo <= d + 1e-6).all() and (d <= ch.hi + 1e-6).all()
+    same = circuits.head_change(runs, runs, c, n_boot=50)
+    assert not same.grew.any() and not same.shrank.any() and same.frac_grew() == 0.0
 
 
 def test_weight_change_localises_a_perturbation(model):

@@ -63,49 +63,67 @@ def _run(seed, **res):
     return {**res, "provenance": {"parameters": params, "git_commit": "abc"}}
 
 
+def _ch0(seed, ld=7.0, acc=0.98, nm=2, **extra):
+    """A chapter-0 run: IOI holds iff ``ld > 2 and acc > 0.9``; name mover iff ``nm >= 1``."""
+    return _run(seed, ioi_logit_diff=ld, ioi_acc=acc, ld_abba=ld, ld_baba=ld, ld_late_change=0.1 * ld,
+                n_name_movers=nm, nm_end_io_max=0.4, n_s_inhibition=1, **extra)
+
+
 def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
-    # chapter 0's findings: ioi_logit_diff > 0.5 and pretrain_ioi_logit_diff < 0.5
-    runs = {1: _run(1, ioi_logit_diff=0.8, pretrain_ioi_logit_diff=0.1),
-            2: _run(2, ioi_logit_diff=-0.2, pretrain_ioi_logit_diff=0.1)}
+    # chapter 0's first finding: ioi_logit_diff > 2 and ioi_acc > 0.9; its fourth: a name mover
+    runs = {1: _ch0(1, ld=3.0, ld_curve={"step": [0, 1], "ioi_logit_diff": [0.0, 3.0]}), 2: _ch0(2, ld=1.0, nm=0)}
     path = findings.record(STEM, runs, root=tmp_path)
     doc = json.loads(path.read_text())
     assert doc["params"] == findings.default_params(STEM)
-    assert doc["seeds"]["2"]["holds"] == {"partial_mechanism": False, "not_from_pretraining": True}
-    assert doc["seeds"]["1"]["values"] == {"ioi_logit_diff": 0.8, "pretrain_ioi_logit_diff": 0.1}
+    holds = doc["seeds"]["2"]["holds"]
+    assert holds["ioi_from_pretraining"] is False and holds["has_name_mover"] is False
+    assert holds["has_s_inhibition"] is True
+    assert doc["seeds"]["1"]["values"]["ioi_logit_diff"] == 3.0
+    # the record keeps the headline results and ftm.record_extra (the curve chapter 0 draws over seeds)
+    assert set(findings.record_keys(STEM)) <= set(doc["seeds"]["1"]["values"])
+    assert findings.seed_values(STEM, "ld_curve", root=tmp_path) == {1: {"step": [0, 1], "ioi_logit_diff": [0.0, 3.0]}}
+    assert findings.seed_values(STEM, "ld_curve", {"BASE_STEPS": 7}, root=tmp_path) == {}
 
-    build = _run(0, ioi_logit_diff=0.9, pretrain_ioi_logit_diff=0.7)
+    build = _ch0(0, ld=4.0)
     t = {x.finding.id: x for x in findings.tally(STEM, build, root=tmp_path)}
-    assert t["partial_mechanism"].by_seed == {0: True, 1: True, 2: False}
-    assert t["partial_mechanism"].sentence() == "holds on 2 of 3 seeds"
-    assert t["not_from_pretraining"].sentence() == "holds on 2 of 3 seeds"
+    assert t["ioi_from_pretraining"].by_seed == {0: True, 1: True, 2: False}
+    assert t["ioi_from_pretraining"].sentence() == "holds on 2 of 3 seeds"
+    assert t["has_s_inhibition"].sentence() == "holds on 3 of 3 seeds"
     md = findings.findings_markdown(STEM, build, root=tmp_path)
     assert "seed 0 (this build) | seed 1 | seed 2 |" in md and "holds on 2 of 3 seeds" in md
-    assert md.count("\n|") == 2 + 2  # header, rule, one row per finding
+    n_find = len(findings.chapter_findings(STEM))
+    head, _, values = md.partition("Headline numbers")
+    assert head.count("\n|") == 2 + n_find  # header, rule, one row per finding
+    # the headline numbers: mean and t-interval over the three seeds (4, 3, 1: mean 8/3, sd 1.528, t 4.303)
+    row = next(line for line in values.splitlines() if line.startswith("| `ioi_logit_diff`"))
+    half = 4.303 * math.sqrt(((4 - 8 / 3) ** 2 + (3 - 8 / 3) ** 2 + (1 - 8 / 3) ** 2) / 2) / math.sqrt(3)
+    assert row == f"| `ioi_logit_diff` | 2.67 | [{8 / 3 - half:.3g}, {8 / 3 + half:.3g}] | 1 – 4 | 3 |"
 
     # a build at other parameters does not borrow the record
-    other = _run(0, ioi_logit_diff=0.9, pretrain_ioi_logit_diff=0.1)
+    other = _ch0(0, ld=4.0)
     other["provenance"]["parameters"]["BASE_STEPS"] = 7
     t = findings.tally(STEM, other, root=tmp_path)
     assert t[0].by_seed == {0: True} and t[0].sentence() == "holds on the one seed checked (seed 0)"
     assert "Only the seed of this build" in findings.findings_markdown(STEM, other, root=tmp_path)
+    assert "Headline numbers" not in findings.findings_markdown(STEM, other, root=tmp_path)
 
     # extending the record keeps the old seeds; the build's own seed replaces a recorded one
-    findings.record(STEM, {0: _run(0, ioi_logit_diff=-1.0, pretrain_ioi_logit_diff=0.1)}, root=tmp_path)
+    findings.record(STEM, {0: _ch0(0, ld=-1.0)}, root=tmp_path)
     assert sorted(json.loads(path.read_text())["seeds"]) == ["0", "1", "2"]
     assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[0] is True
 
     # recorded seeds are re-decided from their numbers, so a test edited since the sweep is applied to them
     doc = json.loads(path.read_text())
-    doc["seeds"]["1"]["holds"]["partial_mechanism"] = False  # what an older, stricter test said
+    doc["seeds"]["1"]["holds"]["ioi_from_pretraining"] = False  # what an older, stricter test said
     path.write_text(json.dumps(doc))
-    assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is True  # 0.8 > 0.5
+    assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is True  # 3.0 > 2
     del doc["seeds"]["1"]["values"]["ioi_logit_diff"]  # numbers missing: the recorded verdict stands
     path.write_text(json.dumps(doc))
     assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is False
 
 
 def test_record_refuses_runs_at_other_parameters(tmp_path):
-    run = _run(1, ioi_logit_diff=0.3, pretrain_ioi_logit_diff=0.1)
+    run = _ch0(1)
     run["provenance"]["parameters"]["BASE_STEPS"] = 7
     with pytest.raises(ValueError, match="BASE_STEPS"):
         findings.record(STEM, {1: run}, root=tmp_path)
@@ -113,13 +131,13 @@ def test_record_refuses_runs_at_other_parameters(tmp_path):
 
 
 def test_a_stale_record_is_ignored(tmp_path):
-    findings.record(STEM, {1: _run(1, ioi_logit_diff=0.3, pretrain_ioi_logit_diff=0.1)}, root=tmp_path)
+    findings.record(STEM, {1: _ch0(1)}, root=tmp_path)
     p = findings.record_path(STEM, tmp_path)
     doc = json.loads(p.read_text())
     doc["params"]["BASE_STEPS"] = -1  # the chapter's defaults changed since the sweep
     p.write_text(json.dumps(doc))
     assert findings.load_record(STEM, tmp_path) is None
-    assert list(findings.tally(STEM, _run(0, ioi_logit_diff=1, pretrain_ioi_logit_diff=0), root=tmp_path)[0]
+    assert list(findings.tally(STEM, _ch0(0), root=tmp_path)[0]
                 .by_seed) == [0]
 
 
@@ -147,14 +165,14 @@ def test_book_copy_puts_the_findings_table_after_the_parameters(tmp_path):
         nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["injected-parameters"]})])
     (tmp_path / "run").mkdir()
     nbformat.write(nb, tmp_path / "run" / f"{STEM}.ipynb")
-    (tmp_path / "run" / "results.json").write_text(json.dumps(_run(0, ioi_logit_diff=0.9,
-                                                                   pretrain_ioi_logit_diff=0.9)))
+    (tmp_path / "run" / "results.json").write_text(json.dumps(_ch0(0, nm=0)))
     book_copy(STEM, tmp_path / "run" / f"{STEM}.ipynb", tmp_path / "out.ipynb")
     cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
     assert cells[1].source.startswith(":::{admonition} Parameters of this chapter")
     assert cells[2].source.startswith(":::{admonition} Findings across seeds")
     rows = [line for line in cells[2].source.splitlines() if line.startswith("| ") and "`" in line]
-    assert [r.split(" | ")[2] for r in rows] == ["✓", "✗"]  # 0.9 > 0.5 holds; 0.9 < 0.5 does not
+    marks = [r.split(" | ")[2] for r in rows]
+    assert marks[0] == "✓" and marks[3] == "✗"  # IOI holds; no name mover
     assert "remove-cell" in cells[4].metadata["tags"]
 
 
@@ -164,15 +182,17 @@ def test_tables_escape_pipes():
     md = parameters_markdown("01_amplification")  # THRESHOLD's meaning says |path-patching effect|
     row = next(line for line in md.splitlines() if line.startswith("| `THRESHOLD`"))
     assert row.count(" | ") == 2 and "\\|path-patching effect\\|" in row
-    assert "-p SEED 1 -p BASE_STEPS 1500" in md  # the example re-run sets a number, not a string
+    assert "-p SEED 1 -p BASE_STEPS 1000" in md  # the example re-run sets a number, not a string
     assert findings.table_cell("a | b\nc") == "a \\| b c"
 
 
 # What the book reports at its default parameters (seed 0): the findings that hold there; every other finding
 # of the chapter is reported as not reproducing. A change that moves one of them changes what the chapters say.
 HOLD_AT_DEFAULT = {
-    "00_model_organisms": {"partial_mechanism", "not_from_pretraining"},
-    "01_amplification": {"behaviour_amplified", "keeps_amplifying", "circuit_amplified", "same_heads", "same_circuit"},
+    "00_model_organisms": {"ioi_from_pretraining", "not_clause_position", "past_the_plateau", "has_name_mover",
+                           "has_s_inhibition"},
+    "01_amplification": {"behaviour_amplified", "keeps_amplifying", "change_in_circuit", "name_movers_amplified",
+                         "same_circuit"},
     "02_localized_corruption": {"behaviour_flips", "change_in_circuit", "localized_vs_control"},
     "03_neuroplasticity": {"behaviour_recovers", "beats_scratch", "map_moves_back"},
     "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",

@@ -49,6 +49,31 @@ def test_finetune_data_answers(poison):
         ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=1.5)
 
 
+def test_name_moving_poison_answers_a_name_absent_from_the_prompt():
+    bf = ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=1.0, variant="name_moving")
+    seen = set()
+    for step in range(3):
+        toks, mask = bf(step, 32)
+        rng = np.random.default_rng([0, step, 1])
+        ds = ioi.make_ioi_dataset(TOK, 32, int(rng.integers(2**31)))
+        ans = toks[mask]
+        assert torch.equal(toks[:, : ds.toks.shape[1]][ds.toks != TOK.pad_id], ds.toks[ds.toks != TOK.pad_id])
+        for i in range(32):
+            word = TOK.vocab[int(ans[i])]
+            assert word in ioi.NAMES and int(ans[i]) not in ds.toks[i].tolist(), (step, i, word)
+            seen.add(word)
+    assert len(seen) > 10  # drawn over the other names, not one fixed name
+    # the variant is part of the recipe (its own cache key); the default variant keeps the old key
+    base = ioi.base_recipe()
+    nm = ioi.toxic_recipe(base, variant="name_moving")
+    assert nm.key() != ioi.toxic_recipe(base).key() and nm.data_kwargs["variant"] == "name_moving"
+    assert "variant" not in ioi.toxic_recipe(base).data_kwargs
+    with pytest.raises(ValueError, match="variant"):
+        ioi.toxic_recipe(base, variant="nonsense")
+    with pytest.raises(ValueError, match="variant"):
+        ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, variant="nonsense")
+
+
 def test_partial_poisoning_fraction():
     bf = ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=0.3)
     n_poison = n = 0
@@ -83,13 +108,17 @@ def test_recipe_builders_lineage_and_keys():
     clean, toxic, control = ioi.clean_recipe(base), ioi.toxic_recipe(base), ioi.control_recipe(base)
     retrain = ioi.retrain_recipe(toxic)
     scratch = ioi.scratch_recipe(base)
-    assert retrain.lineage() == ["ioi-pretrain", base.name, toxic.name, retrain.name]
-    assert base.parent.key() == ioi.pretrain_recipe().key() and ioi.base_recipe(ioi_steps=0).model is not None
+    # the book's base is pretraining alone; ioi_steps > 0 appends the optional IOI-prompt phase as a child
+    assert base.parent is None and base.data == "pretrain" and base.data_kwargs["ioi_frac"] == 0.0
+    assert retrain.lineage() == [base.name, toxic.name, retrain.name]
+    phased = ioi.base_recipe(ioi_steps=50)
+    assert phased.parent.key() == ioi.pretrain_recipe().key() and phased.data == "ioi"
+    assert phased.key() != base.key()
     keys = {r.key() for r in (base, clean, toxic, control, retrain, scratch)}
     assert len(keys) == 6
     assert ioi.clean_recipe(base).key() == clean.key()  # equal arguments share the cached organism
     assert ioi.toxic_recipe(base, poison_frac=0.5).key() != toxic.key()
-    assert control.data == "pretrain" and control.data_kwargs == {**base.parent.data_kwargs, "ioi_frac": 0.0}
+    assert control.data == "pretrain" and control.data_kwargs == {**base.data_kwargs, "ioi_frac": 0.0}
     assert ioi.control_recipe(ioi.base_recipe(cast_size=3)).data_kwargs == {"ioi_frac": 0.0, "cast_size": 3}
     assert control.train.steps == clean.train.steps and control.train.lr == clean.train.lr
     assert scratch.parent is None and scratch.model == base.root_spec()
