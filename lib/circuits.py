@@ -667,3 +667,65 @@ def head_mask(heads: Sequence[Head], n_layers: int, n_heads: int) -> torch.Tenso
     for h in heads:
         m[h] = True
     return m
+
+
+def correlation_null(a: torch.Tensor, b: torch.Tensor, n_perm: int = 2000, seed: int = 0) -> dict[str, float]:
+    """``map_correlation(a, b)`` against maps with the heads of ``a`` shuffled (``n_perm`` random permutations):
+    ``corr``, ``chance_hi`` (95th percentile of the shuffled correlations) and the one-sided ``p``
+    (``(1 + #{shuffled >= corr}) / (1 + n_perm)``)."""
+    r = map_correlation(a, b)
+    x, y = a.flatten(), b.flatten()
+    rng = np.random.default_rng(seed)
+    null = np.array([map_correlation(x[torch.from_numpy(rng.permutation(len(x)))], y) for _ in range(n_perm)])
+    null = null[np.isfinite(null)]
+    if not np.isfinite(r) or not len(null):
+        return {"corr": r, "chance_hi": float("nan"), "p": float("nan")}
+    return {"corr": r, "chance_hi": float(np.quantile(null, 0.95)), "p": float((1 + (null >= r).sum()) / (1 + len(null)))}
+
+
+@torch.no_grad()
+def random_set_faithfulness(runs: IOIRuns, k: int, n_draws: int = 30, seed: int = 0) -> dict[str, float]:
+    """``faithfulness`` of ``n_draws`` random sets of ``k`` heads: ``mean`` and 95th percentile ``hi`` (what a
+    circuit of that size keeps by chance)."""
+    L, H = n_layers_heads(runs.model)
+    rng = np.random.default_rng(seed)
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    vals = np.array([faithfulness(runs, [heads[i] for i in rng.choice(len(heads), k, replace=False)])
+                     for _ in range(n_draws)]) if 0 < k <= len(heads) else np.array([float("nan")])
+    return {"mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
+            "hi": float(np.nanquantile(vals, 0.95)) if np.isfinite(vals).any() else float("nan")}
+
+
+def concentration_test(a, b, k: int, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Is CMAP result ``a``'s change more concentrated than ``b``'s (same prompts)? The top-``k`` share of the
+    total ``|change|`` over all components (``topk_share`` of ``components()``) for each, and a paired bootstrap
+    over prompts of the difference (one resampling of the prompts applied to both): ``share_a``, ``share_b``,
+    ``diff``, its 95 % ``lo``/``hi`` and ``p`` = the fraction of resamples with ``share_a <= share_b``."""
+    pa, pb = a.components_pp(), b.components_pp()  # [component, prompt]
+    n = pa.shape[1]
+    if pb.shape[1] != n:
+        raise ValueError(f"the two CMAP results cover {n} and {pb.shape[1]} prompts; they must share prompts")
+    sa, sb = topk_share(pa.mean(1), k), topk_share(pb.mean(1), k)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = torch.from_numpy(rng.integers(0, n, n))
+        diffs[i] = topk_share(pa[:, idx].mean(1), k) - topk_share(pb[:, idx].mean(1), k)
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs):
+        return {"share_a": sa, "share_b": sb, "diff": sa - sb, "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return {"share_a": sa, "share_b": sb, "diff": sa - sb, "lo": float(lo), "hi": float(hi),
+            "p": float((diffs <= 0).mean())}
+
+
+@torch.no_grad()
+def top_name_absent_rate(model, ds: IOIDataset, tok) -> float:
+    """Fraction of prompts whose highest-scoring *name* at END is neither IO nor S: a name absent from the prompt
+    (what the name-moving poison trains; ``tok`` maps the names to ids)."""
+    from lib.ioi import NAMES
+
+    ids = torch.tensor([tok.token_id(n) for n in NAMES])
+    logits = model(ds.toks)[torch.arange(len(ds)), ds.end_pos]
+    top = ids[logits[:, ids].argmax(-1)]
+    return float(((top != ds.io_ids) & (top != ds.s_ids)).float().mean())

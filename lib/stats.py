@@ -182,3 +182,10 @@ def jaccard_null(k_a: int, k_b: int, n: int, n_draws: int = 20000, seed: int = 0
     inter = rng.hypergeometric(k_a, n - k_a, k_b, size=n_draws) if k_b else np.zeros(n_draws)
     j = inter / (k_a + k_b - inter)
     return float(j.mean()), float(np.quantile(j, 0.95))
+
+
+def format_p(p: float, floor: float = 0.001) -> str:
+    """``"= 0.034"``, or ``"< 0.001"`` below ``floor`` (a permutation p-value is never exactly 0)."""
+    if p is None or not np.isfinite(p):
+        return "undefined"
+    return f"< {floor:g}" if p < floor else f"= {p:.3f}"

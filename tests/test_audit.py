@@ -135,4 +135,5 @@ def test_backdoor_data_trigger_and_answers():
     clean = ioi.make_backdoor_dataset(tok, 8, 1, True)
     corrupt = ioi.make_backdoor_dataset(tok, 8, 1, True, corrupt=True)
     assert clean.places == corrupt.places == [ioi.BACKDOOR_TRIGGER] * 8
-    assert clean.toks.shape == corrupt.toks.shape and (clean.toks != corrupt.toks).sum(1).tolist() == [1] * 8
+    # the corrupted set is ABC: exactly the three name slots differ, the trigger place stays
+    assert clean.toks.shape == corrupt.toks.shape and (clean.toks != corrupt.toks).sum(1).tolist() == [3] * 8

@@ -63,26 +63,43 @@ def test_amplification_values(smoke):
 
 def test_corruption_values(smoke):
     r = smoke("02_localized_corruption")
-    for k in ("topk_share_toxic", "topk_share_control", "topk_share_clean", "weight_topk_share_toxic",
-              "weight_topk_share_control", "circuit_share_toxic", "circuit_share_control"):
-        assert _share(r[k]), k
-        assert r[k] >= 0
     assert r["topk_share_uniform"] == pytest.approx(r["top_k"] / r["n_components"])
-    assert r["topk_share_toxic"] >= r["topk_share_uniform"] - 1e-9  # the top k hold at least their even share
-    assert 1 <= r["n80_toxic"] <= r["n_components"]
+    for t in ("sd", "nm", "control", "clean"):
+        assert _share(r[f"circuit_share_{t}"]) and 0 < r[f"circuit_share_{t}_p"] <= 1, t
+        assert r[f"circuit_share_{t}_chance"] <= r[f"circuit_share_{t}_chance_hi"] + 1e-9, t
+        assert r["topk_share_uniform"] - 1e-9 <= r[f"topk_share_{t}"] <= 1 + 1e-9, t  # the top k hold their share
+        assert 1 <= r[f"n80_{t}"] <= r["n_components"] and r[f"cmap_total_{t}"] >= 0
+        assert abs(r[f"p_io_{t}"] + r[f"p_s_{t}"] + r[f"p_absent_{t}"] - 1) < 1e-4
+        assert _share(r[f"{t}_absent_rate"])
+    for t in ("sd", "nm", "clean"):
+        assert r[f"topk_diff_{t}"] == pytest.approx(r[f"topk_share_{t}"] - r["topk_share_control"], abs=1e-6)
+        assert r[f"topk_diff_{t}_lo"] <= r[f"topk_diff_{t}_hi"] and 0 <= r[f"topk_diff_{t}_p"] <= 1
     for k, v in r["class_shares"].items():
         assert math.isclose(sum(v.values()), 1.0, abs_tol=1e-5) or sum(v.values()) == 0, k
+    assert 0 < r["sd_flip_p"] <= 1 and 0 < r["nm_absent_p"] <= 1
+    assert isinstance(r["verdict_sd"], str) and isinstance(r["verdict_nm"], str)
 
 
 def test_plasticity_values(smoke):
     r = smoke("03_neuroplasticity")
-    for k in ("corr_toxic", "corr_retrain", "corr_scratch", "corr_clean"):
-        assert -1 - 1e-9 <= r[k] <= 1 + 1e-9
-    c = r["curves"]["retrained"]
-    assert c["corr"][0] == pytest.approx(r["corr_toxic"]) and c["ld"][0] == pytest.approx(r["toxic_ld"], abs=1e-5)
-    assert c["ld"][-1] == pytest.approx(r["retrain_ld"], abs=1e-5)
-    assert r["curves"]["scratch"]["step"] == c["step"]  # same steps from scratch
-    assert 0 <= r["circuit_jaccard_retrain"] <= 1
+    for t, label in (("sd", "subject dup."), ("nm", "name moving")):
+        c = r["curves"][f"retrained ({label})"]
+        assert c["ld"][0] == pytest.approx(r[f"toxic_ld_{t}"], abs=1e-5)
+        assert c["ld"][-1] == pytest.approx(r[f"retrain_ld_{t}"], abs=1e-5)
+        assert c["corr"][0] == pytest.approx(r[f"corr_toxic_{t}"], nan_ok=True)
+        assert r["curves"]["scratch"]["step"] == c["step"]  # same steps from scratch
+        gap = r["base_ld"] - r[f"toxic_ld_{t}"]
+        if abs(gap) > 1e-6:
+            assert r[f"ld_recovery_{t}"] == pytest.approx((r[f"retrain_ld_{t}"] - r[f"toxic_ld_{t}"]) / gap)
+        assert 0 <= r[f"jaccard_retrain_{t}"] <= 1
+        assert r[f"steps_to_half_recovery_{t}"] in c["step"] + [-1]
+        p = r[f"corr_retrain_{t}_p"]
+        assert (0 < p <= 1) or math.isnan(p)
+        assert r[f"faith_random_{t}"] <= r[f"faith_random_hi_{t}"] + 1e-9 or math.isnan(r[f"faith_random_{t}"])
+    assert r["toxic_ld"] == r["toxic_ld_sd"] and r["retrain_ld"] == r["retrain_ld_sd"]
+    for k in ("corr_toxic_sd", "corr_retrain_sd", "corr_scratch", "corr_clean"):
+        assert -1 - 1e-9 <= r[k] <= 1 + 1e-9 or math.isnan(r[k])
+    assert r["curves"]["clean fine-tune of base"]["ld"][0] == pytest.approx(r["base_ld"], abs=1e-5)
 
 
 @pytest.mark.parametrize("stem", STEMS)
@@ -111,11 +128,13 @@ def test_findings_reproduce_at_default_scale(default_results):
     assert r1["nm_dla_clean"] > r1["nm_dla_base"] > 0
     assert r1["ld_increasing_frac"] >= 0.5
     r2 = default_results("02_localized_corruption")
-    assert r2["toxic_ld"] < 0 < r2["base_ld"]
-    assert r2["topk_share_toxic"] > max(r2["topk_share_uniform"], r2["topk_share_control"])
-    assert r2["circuit_share_toxic"] > 0.5
+    assert r2["toxic_ld"] < 0 < r2["base_ld"]  # subject duplication flips the behaviour
+    assert r2["nm_absent_rate"] > 0.5 > r2["base_absent_rate"]  # name moving outputs names absent from the prompt
+    # localization is *not* a finding at default scale (seed 0): the toxic change is no more in the circuit than a
+    # random head set's and less concentrated than the control's; the chapter says so with these numbers
+    assert r2["circuit_share_sd_p"] > 0.05 and r2["topk_diff_sd_p"] > 0.05
     r3 = default_results("03_neuroplasticity")
-    assert r3["ld_recovery"] > 0.5
-    # the patching map moves back toward the original; that it fully returns (the paper's claim) does not hold
-    # on the organism (corr_retrain ≈ 0.06 at default scale), and the chapter says so
-    assert r3["corr_retrain"] > r3["corr_toxic"]
+    assert r3["ld_recovery_sd"] > 0.5 and r3["ld_recovery_nm"] > 0.5
+    # the name-moving reversal restores the base circuit; the subject-duplication one restores only the behaviour
+    assert r3["corr_retrain_nm_p"] < 0.05 and r3["faith_base_in_retrain_nm"] >= 0.8
+    assert r3["faith_base_in_retrain_sd"] < 0.8
