@@ -717,15 +717,3 @@ def concentration_test(a, b, k: int, n_boot: int = 1000, seed: int = 0) -> dict[
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     return {"share_a": sa, "share_b": sb, "diff": sa - sb, "lo": float(lo), "hi": float(hi),
             "p": float((diffs <= 0).mean())}
-
-
-@torch.no_grad()
-def top_name_absent_rate(model, ds: IOIDataset, tok) -> float:
-    """Fraction of prompts whose highest-scoring *name* at END is neither IO nor S: a name absent from the prompt
-    (what the name-moving poison trains; ``tok`` maps the names to ids)."""
-    from lib.ioi import NAMES
-
-    ids = torch.tensor([tok.token_id(n) for n in NAMES])
-    logits = model(ds.toks)[torch.arange(len(ds)), ds.end_pos]
-    top = ids[logits[:, ids].argmax(-1)]
-    return float(((top != ds.io_ids) & (top != ds.s_ids)).float().mean())
