@@ -178,7 +178,9 @@ def head_out_patch(model, toks: torch.Tensor, source_out: dict[int, torch.Tensor
 @torch.no_grad()
 def mlp_out_patch(model, toks: torch.Tensor, source_cache, metric: Metric) -> torch.Tensor:
     """Metric after replacing each MLP's output (all positions) by ``source_cache``'s: ``[layer, *metric_shape]``;
-    an empty ``[0]`` tensor for an attention-only model."""
+    an empty ``[0]`` tensor for an attention-only model. ``mlp_patch`` does the same through TransformerLens'
+    ``generic_activation_patch``, which needs a scalar metric; this loop keeps a per-prompt metric's shape (CMAP's
+    bootstrap needs it)."""
     if not has_mlps(model):
         return torch.zeros(0)
     out = []
