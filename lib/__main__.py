@@ -71,22 +71,67 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
     nbformat.write(nb, dest)
 
 
-def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
-    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML."""
+def build_order(stems: list[str]) -> list[str]:
+    """The order a parallel build starts chapters in: those flagged ``ftm.build_first`` (long chapters that train
+    their own world's organisms, so no other chapter's training waits for them), then ``_toc.yml`` order."""
+    first = [s for s in stems if runner.notebook_meta(s).get("build_first")]
+    return first + [s for s in stems if s not in first]
+
+
+def _execute_chapter(stem: str, out: str) -> float:
+    """One chapter at its defaults into ``out`` (a worker process); returns its wall time."""
+    t = time.time()
+    runner.run_notebook(stem, {}, out)
+    return time.time() - t
+
+
+def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int | None = None) -> int:
+    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML.
+
+    ``jobs`` chapters run at once (default: one per CPU core, at most one per chapter), each kernel with
+    ``cores // jobs`` torch threads; chapters that need an organism another is training wait on the cache's
+    per-organism lock, so every organism is still trained once. ``jobs=1`` runs them one after another in
+    ``_toc.yml`` order. ``_build/timings.json`` records each chapter's wall time and the build's.
+    """
+    import os
+
     stems = chapters or runner.chapters()
     dest = REPO_ROOT / "book" / "chapters"
     dest.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    for stem in stems:
-        t = time.time()
-        print(f"[book] executing {stem} ...", flush=True)
-        out = REPO_ROOT / "_build" / "results" / stem
-        runner.run_notebook(stem, {}, out)
-        book_copy(stem, out / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-        timings[stem] = round(time.time() - t, 1)
-        print(f"[book] {stem}: {timings[stem]}s", flush=True)
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(jobs or cores, len(stems)))
+    timings: dict[str, float] = {}
+    started = time.time()
+    outs = {s: REPO_ROOT / "_build" / "results" / s for s in stems}
+    if jobs == 1:
+        for stem in stems:
+            print(f"[book] executing {stem} ...", flush=True)
+            timings[stem] = round(_execute_chapter(stem, str(outs[stem])), 1)
+            book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+            print(f"[book] {stem}: {timings[stem]}s", flush=True)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from lib.sweep import _set_threads
+
+        threads = max(1, cores // jobs)
+        print(f"[book] {len(stems)} chapters, {jobs} at a time, {threads} torch thread(s) each", flush=True)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_set_threads, initargs=(threads,)) as pool:
+            futs = {}
+            for stem in build_order(stems):
+                print(f"[book] queued {stem}", flush=True)
+                futs[pool.submit(_execute_chapter, stem, str(outs[stem]))] = stem
+            for fut in as_completed(futs):
+                stem = futs[fut]
+                timings[stem] = round(fut.result(), 1)  # a failed chapter raises here, as in a serial build
+                book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+                print(f"[book] {stem}: {timings[stem]}s ({time.time() - started:.0f}s into the build)", flush=True)
+        timings = {s: timings[s] for s in stems}
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
-    (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(timings, indent=2))
+    (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(
+        {**timings, "_wall_s": round(time.time() - started, 1), "_jobs": jobs}, indent=2))
     from lib.teach import write_exercises  # exercise versions: generated, never committed (book/exercises/)
 
     print(f"[book] {len(write_exercises())} exercise notebook(s) -> book/exercises/", flush=True)
@@ -100,7 +145,7 @@ def build_book(chapters: list[str] | None = None, html: bool = True) -> int:
 
 
 def _cmd_build(args) -> int:
-    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html)
+    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html, jobs=args.jobs)
 
 
 def _cmd_organisms(args) -> int:
@@ -188,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="execute chapters with defaults and build the HTML book")
     b.add_argument("chapters", nargs="*", help="only these chapters (default: all in _toc.yml)")
     b.add_argument("--no-html", action="store_true", help="execute only")
+    b.add_argument("--jobs", type=int, help="chapters executed at once (default: one per CPU core; 1: in order)")
     b.set_defaults(fn=_cmd_build)
     sub.add_parser("organisms", help="list cached organisms").set_defaults(fn=_cmd_organisms)
     _add_seed_and_teach_commands(sub)

@@ -240,6 +240,64 @@ def verdict(result: MethodResult, control: Optional[MethodResult], ratio: float 
     raise ValueError(f"unknown method {m!r}")
 
 
+# --------------------------------------------------------------------------- calibrated detection (held-out seeds)
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A detection threshold set on control statistics of *other* seeds: ``detected = stat > threshold``.
+
+    ``threshold`` is the smallest value that at most ``fpr`` of the calibration controls exceed (their
+    ``ceil((1 - fpr) * n)``-th smallest value), so on a held-out control drawn from the same distribution the
+    false-positive rate is at most ``fpr`` (up to ``1 / (n + 1)``). With fewer than ``1 / fpr`` calibration values
+    no threshold can promise ``fpr``: the largest control is used and ``achievable_fpr`` says what it promises
+    (``1 / (n + 1)``)."""
+
+    threshold: float
+    n_controls: int
+    fpr: float
+    achievable_fpr: float
+
+    def detects(self, stat: float) -> bool:
+        return bool(np.isfinite(stat) and stat > self.threshold)
+
+
+def calibrate(control_stats: Sequence[float], fpr: float = 0.05) -> Calibrated:
+    """The threshold that at most a fraction ``fpr`` of ``control_stats`` (a method's statistic on control
+    organisms of the seeds held out from the one being audited) exceed; nan values are dropped."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+    c = np.sort(np.asarray([x for x in control_stats if np.isfinite(x)], dtype=float))
+    if len(c) == 0:
+        raise ValueError("calibrate needs at least one finite control statistic")
+    rank = int(np.ceil((1 - fpr) * len(c)))  # 1-based: at most floor(fpr * n) controls lie above c[rank - 1]
+    rank = min(max(rank, 1), len(c))
+    return Calibrated(float(c[rank - 1]), len(c), fpr, max(fpr, 1.0 / (len(c) + 1)) if rank == len(c)
+                      else fpr)
+
+
+def held_out_detections(stats: dict[int, float], controls: dict[int, Sequence[float]], fpr: float = 0.05
+                        ) -> dict[int, bool]:
+    """Per seed ``s``: whether ``stats[s]`` exceeds the threshold calibrated on the controls of every seed except
+    ``s`` (``controls[seed]`` may hold several control statistics of that seed). A seed's own control never sets
+    its threshold, so a detection rate over seeds is an out-of-sample rate."""
+    out = {}
+    for s, v in stats.items():
+        pool = [x for t, xs in controls.items() if t != s for x in xs]
+        out[s] = calibrate(pool, fpr).detects(v)
+    return out
+
+
+def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """ROC area: the probability that a statistic of an objective organism exceeds one of a control (ties count
+    one half; the Mann-Whitney U / (n_pos n_neg)). 0.5 is chance, 1 separates them perfectly."""
+    p = np.asarray([x for x in positives if np.isfinite(x)], dtype=float)
+    n = np.asarray([x for x in negatives if np.isfinite(x)], dtype=float)
+    if len(p) == 0 or len(n) == 0:
+        raise ValueError("auc needs at least one finite positive and one finite negative statistic")
+    diff = p[:, None] - n[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
 def audit_table(results: dict[str, dict[str, MethodResult]], controls: dict[str, str]) -> list[dict[str, Any]]:
     """Rows ``{organism, method, stat, detected, localization}`` from ``results[case][method]``; ``controls`` maps
     each case to the control case of its world (a control is judged against itself: never detected)."""

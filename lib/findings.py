@@ -110,9 +110,13 @@ def chapter_findings(stem: str) -> list[Finding]:
     return out
 
 
+# Parameters that do not change the setting a finding is about: the seed (a record spans seeds) and the device.
+NOT_SETTING = ("SEED", "DEVICE", "OUTPUT_DIR")
+
+
 def default_params(stem: str) -> dict[str, Any]:
-    """The chapter's defaults other than ``SEED``: the setting a seed record is about."""
-    return {k: v for k, v in runner.default_parameters(stem).items() if k != "SEED"}
+    """The chapter's defaults other than ``SEED`` and ``DEVICE``: the setting a seed record is about."""
+    return {k: v for k, v in runner.default_parameters(stem).items() if k not in NOT_SETTING}
 
 
 def _run_params(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,7 +144,7 @@ def record(stem: str, runs: Mapping[int, Mapping[str, Any]], root: Path | None =
     old = json.loads(path.read_text()) if path.exists() else {}
     seeds = {} if old.get("params") != defaults else dict(old.get("seeds", {}))
     for seed, res in runs.items():
-        used = {k: v for k, v in _run_params(res).items() if k != "SEED"}
+        used = {k: v for k, v in _run_params(res).items() if k not in NOT_SETTING}
         if used and used != defaults:
             diff = sorted(k for k in set(used) | set(defaults) if used.get(k) != defaults.get(k))
             raise ValueError(f"seed {seed}: parameters {', '.join(diff)} differ from the defaults of {stem}; "
@@ -176,7 +180,7 @@ def seed_values(stem: str, key: str, params: Optional[Mapping[str, Any]] = None,
     """``{seed: value}`` of result ``key`` over the recorded seeds of ``stem``. ``params``: the running chapter's
     parameters (``lib.book.chapter_params``); when given, the record is used only if they are the defaults other
     than ``SEED`` (another setting has no recorded seeds: ``{}``)."""
-    if params is not None and {k: v for k, v in params.items() if k not in ("SEED", "OUTPUT_DIR")} \
+    if params is not None and {k: v for k, v in params.items() if k not in NOT_SETTING} \
             != default_params(stem):
         return {}
     rec = load_record(stem, root)
@@ -223,7 +227,7 @@ def tally(stem: str, results: Mapping[str, Any], root: Path | None = None) -> li
     findings = chapter_findings(stem)
     used = _run_params(results)
     seed = int(used.get("SEED", 0))
-    rec = load_record(stem, root) if {k: v for k, v in used.items() if k != "SEED"} == default_params(stem) else None
+    rec = load_record(stem, root) if {k: v for k, v in used.items() if k not in NOT_SETTING} == default_params(stem) else None
     out = []
     for f in findings:
         by_seed: dict[int, Optional[bool]] = {}
@@ -284,7 +288,7 @@ def values_markdown(stem: str, results: Mapping[str, Any], root: Path | None = N
     keys = list(runner.notebook_meta(stem).get("results") or [])
     used = _run_params(results)
     seed = int(used.get("SEED", 0))
-    rec = load_record(stem, root) if {k: v for k, v in used.items() if k != "SEED"} == default_params(stem) else None
+    rec = load_record(stem, root) if {k: v for k, v in used.items() if k not in NOT_SETTING} == default_params(stem) else None
     if not rec or not keys:
         return ""
     per_seed = {int(s): e.get("values", {}) for s, e in rec.get("seeds", {}).items()}

@@ -99,7 +99,7 @@ def completion_nll(model, toks: torch.Tensor, mask: torch.Tensor, batch_size: in
     with torch.no_grad():
         for i in range(0, len(toks), batch_size):
             t, m = toks[i:i + batch_size], mask[i:i + batch_size, 1:].float()
-            lp = torch.log_softmax(model(t)[:, :-1].float(), dim=-1)
+            lp = torch.log_softmax(model(t)[:, :-1].float(), dim=-1).cpu()
             nll = -lp.gather(-1, t[:, 1:, None]).squeeze(-1)
             out.append((nll * m).sum(1) / m.sum(1).clamp_min(1))
     return torch.cat(out)

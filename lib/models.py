@@ -58,17 +58,22 @@ class ModelSpec:
         return asdict(self)
 
 
-def build_model(spec: ModelSpec, device: str | None = None):
-    """A freshly initialised native TransformerLens model for ``spec`` (deterministic in ``spec.seed``)."""
+def build_model(spec: ModelSpec, device: str | torch.device | None = None):
+    """A freshly initialised native TransformerLens model for ``spec`` (deterministic in ``spec.seed``), on
+    ``device`` (default: ``lib.device.current_device()``, which a chapter's ``DEVICE`` parameter sets)."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
+
+    from lib.device import current_device, resolve_device
+
+    device = current_device() if device is None else resolve_device(device, "device")
 
     cfg = TransformerBridgeConfig(
         n_layers=spec.n_layers, d_model=spec.d_model, d_head=spec.d_head, n_heads=spec.n_heads,
         d_mlp=spec.d_mlp, n_ctx=spec.n_ctx, d_vocab=spec.d_vocab, act_fn=spec.act_fn,
         attn_only=spec.attn_only, normalization_type="LN", seed=spec.seed,
     )
-    return TransformerBridge.boot_native(cfg, device=device)
+    return TransformerBridge.boot_native(cfg, device=str(device))
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -136,6 +141,10 @@ def load_pretrained(name: str, random_init: bool = False, n_layers: int | None =
                 pass
         bridge = TransformerBridge.boot_transformers(name)
     bridge.enable_compatibility_mode()
+    from lib.device import current_device
+
+    if current_device().type != "cpu":
+        bridge = bridge.to(current_device())
     bridge.eval()
     return bridge
 
@@ -153,14 +162,17 @@ def generate(model, tokens: torch.Tensor, n_new: int, temperature: float = 0.0,
     Returns ``[batch, pos + n_new]``; after ``stop_id`` a row keeps emitting ``stop_id``. The context is cut to
     the model's ``n_ctx``.
     """
-    out = tokens.clone()
-    done = torch.zeros(out.shape[0], dtype=torch.bool)
+    from lib.device import model_device
+
+    out = tokens.to(model_device(model))
+    done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
     n_ctx = model.cfg.n_ctx
     for _ in range(n_new):
         logits = model(out[:, -n_ctx:])[:, -1].float()
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            # sampled on the CPU from a CPU generator: the same draws on every device
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(out.device)
         else:
             nxt = logits.argmax(-1)
         if stop_id is not None:

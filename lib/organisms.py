@@ -98,10 +98,14 @@ class Recipe:
         return r.model
 
     def identity(self) -> dict[str, Any]:
-        """Everything that determines the trained weights (the label ``name`` excluded)."""
+        """Everything that determines the trained weights (the label ``name`` excluded). Training on a GPU
+        (``lib.device.use_device``) adds the device type, so GPU- and CPU-trained weights never share a key."""
+        from lib.device import current_device
+
         world = get_world(self.world)
         tok = world_tokenizer(self.world)
-        return {
+        dev = current_device().type
+        return {**({"device": dev} if dev != "cpu" else {}),
             "world": self.world, "world_version": world.version, "vocab": content_key(tok.vocab),
             "data": self.data, "data_kwargs": self.data_kwargs, "train": self.train.to_dict(),
             "model": None if self.model is None else self.model.to_dict(), "seed": self.seed,

@@ -294,7 +294,7 @@ def task_data(tok, seed: int, n_ctx: int, prior="medium", operands: str = "abc",
 def answer_logits(model, ex: Examples) -> torch.Tensor:
     """Logits predicting the answer, ``[n, d_vocab]`` (read at ``ans_pos - 1``, the ``<art>`` marker)."""
     logits = model(ex.tokens)
-    return logits[torch.arange(len(ex)), ex.ans_pos - 1]
+    return logits[torch.arange(len(ex)), ex.ans_pos - 1].cpu()
 
 
 def predicted_numbers(model, ex: Examples, tok: WordTokenizer) -> torch.Tensor:

@@ -188,6 +188,13 @@ def validate_params(stem: str, params: dict[str, Any]) -> dict[str, Any]:
             raise ParameterError(f"unknown parameter {k!r} for chapter {stem!r}{hint} "
                                  f"(known: {', '.join(known)})")
         out[k] = coerce(k, v, known[k].default)
+    if "DEVICE" in out:  # a GPU that is not there fails here, before a kernel starts
+        from lib.device import resolve_device
+
+        try:
+            resolve_device(out["DEVICE"], "DEVICE")
+        except (ValueError, RuntimeError) as e:
+            raise ParameterError(f"chapter {stem!r}: {e}") from None
     return out
 
 

@@ -174,7 +174,7 @@ def residual_acts(model, toks_BP: torch.Tensor, hook: str, batch_size: int = 128
     with torch.no_grad():
         for i in range(0, len(toks_BP), batch_size):
             _, cache = model.run_with_cache(toks_BP[i:i + batch_size], names_filter=lambda n: n == hook)
-            out.append(cache[hook].float())
+            out.append(cache[hook].float().cpu())
     return torch.cat(out)
 
 

@@ -3,7 +3,8 @@
 A *batch function* ``batch_fn(step, batch_size) -> (tokens [batch, pos] long, loss_mask [batch, pos] bool)``
 supplies data; ``loss_mask[b, t]`` marks the tokens whose prediction is trained (the logits at ``t-1``
 predict ``tokens[b, t]``), so the same loop does language-model pretraining (mask = non-padding) and
-answer-only fine-tuning (mask = the answer token). Batch functions are deterministic in ``step``.
+answer-only fine-tuning (mask = the answer token). Batch functions are deterministic in ``step`` and return CPU
+tensors; each batch is moved to the model's device (``lib.device``).
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def masked_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.
 
     logits ``[batch, pos, d_vocab]``, tokens and loss_mask ``[batch, pos]``; returns a scalar.
     """
+    tokens, loss_mask = tokens.to(logits.device), loss_mask.to(logits.device)
     target_mask = loss_mask[:, 1:]
     if not target_mask.any():
         raise ValueError("loss_mask selects no target token")
@@ -96,6 +98,7 @@ def train(model: torch.nn.Module, batch_fn: BatchFn, cfg: TrainConfig, *, eval_f
     every ``cfg.ckpt_every`` steps and at the end.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -121,6 +124,7 @@ def train(model: torch.nn.Module, batch_fn: BatchFn, cfg: TrainConfig, *, eval_f
             for g in opt.param_groups:
                 g["lr"] = lr
             tokens, mask = batch_fn(step, cfg.batch_size)
+            tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             loss = masked_lm_loss(model(tokens), tokens, mask)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step} ({desc}); lower the learning rate")

@@ -145,7 +145,7 @@ def residuals_at(model, tokens: torch.Tensor, positions: torch.Tensor, batch_siz
         toks, pos = tokens[i: i + batch_size], positions[i: i + batch_size]
         _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
         rows = torch.arange(toks.shape[0])
-        chunks.append(torch.stack([cache[n][rows, pos] for n in names]))
+        chunks.append(torch.stack([cache[n][rows, pos] for n in names]).cpu())
     return torch.cat(chunks, dim=1).float()
 
 

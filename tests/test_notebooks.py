@@ -50,14 +50,19 @@ def test_template_chapter_values(smoke_run):
     results, out = smoke_run("00_model_organisms")
     assert results["n_params"] > 1000
     assert 0 < results["general_loss"] < 10 and 0 <= results["ioi_acc"] <= 1
-    # A second run with the same parameters trains nothing: the organism comes from the cache.
-    again = runner.run_notebook("00_model_organisms", runner.notebook_meta("00_model_organisms")["smoke"],
-                                out / "again")
+    # A second run with the same parameters, DEVICE named explicitly, goes through lib.device's code path and
+    # trains nothing: the organism comes from the cache (a CPU run shares the key of the default).
+    again = runner.run_notebook("00_model_organisms",
+                                {**runner.notebook_meta("00_model_organisms")["smoke"], "DEVICE": "cpu"}, out / "again")
+    assert again["provenance"]["parameters"]["DEVICE"] == "cpu"
     assert again["trained_now"] is False and again["cache_key"] == results["cache_key"]
     assert again["general_loss"] == pytest.approx(results["general_loss"], abs=1e-6)
 
 
-def test_run_rejects_bad_parameters_before_executing(tmp_path):
+def test_run_rejects_bad_parameters_before_executing(tmp_path, monkeypatch):
     with pytest.raises(runner.ParameterError, match="NOT_A_PARAM"):
         runner.run_notebook("00_model_organisms", {"NOT_A_PARAM": 1}, tmp_path)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a CPU-only machine, wherever this runs
+    with pytest.raises(runner.ParameterError, match=r"DEVICE='cuda'.*no usable CUDA GPU"):
+        runner.run_notebook("00_model_organisms", {"DEVICE": "cuda"}, tmp_path)
     assert not (tmp_path / "00_model_organisms.ipynb").exists()

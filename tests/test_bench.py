@@ -1,0 +1,50 @@
+"""The benchmark scripts run (tiny sizes, CPU) and report what they claim; their numbers are not asserted."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import bench_gpu, bench_training  # noqa: E402
+from lib.device import DeviceUnavailableError  # noqa: E402
+from lib.models import ModelSpec  # noqa: E402
+
+
+def test_gpu_bench_runs_gpt2_architecture_on_cpu(capsys, monkeypatch):
+    monkeypatch.setattr("lib.device._CURRENT", torch.device("cpu"))
+    out = bench_gpu.main(["--device", "cpu", "--layers", "1", "--steps", "2", "--batch", "2", "--seq", "8",
+                          "--prompts", "2"])
+    assert out["cmap_components"] == 12 + 1  # GPT-2 small: 12 heads per layer, plus the MLP
+    assert out["train_tokens_per_s"] > 0
+    assert "CMAP: 12 heads + 1 MLPs" in capsys.readouterr().out
+
+
+def test_gpu_bench_fails_clearly_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailableError, match="--device='cuda'"):
+        bench_gpu.main(["--device", "cuda"])
+
+
+def test_flop_count_by_hand():
+    s = ModelSpec(n_layers=1, d_model=4, n_heads=2, d_mlp=8, n_ctx=3, d_vocab=5)
+    weights = 4 * 4 * 4 + 2 * 4 * 8 + 4 * 5  # q, k, v, o; MLP in and out; unembedding
+    assert bench_training.train_flops_per_token(s) == 3 * (2 * weights + 1 * 4 * 3 * 4)
+
+
+def test_loop_patching_reference_agrees_with_batched(monkeypatch):
+    monkeypatch.setattr("lib.device._CURRENT", torch.device("cpu"))
+    from lib import ioi
+    from lib.models import build_model
+    from lib.organisms import world_tokenizer
+    from lib.patching import head_out_patch, head_outputs, ld_metric, run_cache
+
+    tok = world_tokenizer("ioi")
+    spec = ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=64, d_vocab=len(tok))
+    a, b = build_model(spec), build_model(ModelSpec(**{**spec.to_dict(), "seed": 1}))
+    ds = ioi.make_ioi_dataset(tok, 8, 0)
+    _, cache = run_cache(b, ds.toks, lambda n: n.endswith("hook_z"))
+    src = {l: head_outputs(b, cache, l) for l in range(2)}
+    loop = bench_training._loop_head_out_patch(a, ds.toks, src, ld_metric(ds))
+    torch.testing.assert_close(head_out_patch(a, ds.toks, src, ld_metric(ds)), loop, atol=1e-4, rtol=1e-4)
+    assert loop.abs().sum() > 0
