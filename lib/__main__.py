@@ -53,21 +53,41 @@ def parameters_markdown(stem: str) -> str:
 
 
 def book_copy(stem: str, executed: Path, dest: Path) -> None:
-    """Copy an executed chapter into the book, with its parameters table, its findings-across-seeds table and
-    without papermill's injected cell."""
+    """Copy an executed chapter into the book, reader first: the page opens (after its title and introduction)
+    with what the chapter finds over seeds; the parameters table with its re-run command and the findings-across-
+    seeds tables close the page in a collapsed section. The raw parameters cell (shown as the table) and
+    papermill's injected cell are removed from the page."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
     for cell in nb.cells:
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            cell.metadata["tags"] = list(cell.metadata["tags"]) + ["remove-cell"]
-    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(at, nbformat.v4.new_markdown_cell(parameters_markdown(stem)))
+        tags = cell.metadata.get("tags", [])
+        if ("injected-parameters" in tags or "parameters" in tags) and "remove-cell" not in tags:
+            cell.metadata["tags"] = list(tags) + ["remove-cell"]
     results_file = executed.parent / "results.json"
-    if results_file.exists():  # the findings as tests, joined with the recorded seeds (lib/findings.py)
-        table = findings.findings_markdown(stem, json.loads(results_file.read_text()))
+    results = json.loads(results_file.read_text()) if results_file.exists() else None
+    if results is not None:  # the findings as tests, joined with the recorded seeds (lib/findings.py)
+        summary = findings.summary_markdown(stem, results)
+        if summary:
+            title = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                          and c.source.lstrip().startswith("# ")), None)
+            if title is None:
+                nb.cells.insert(0, nbformat.v4.new_markdown_cell(summary))
+            else:  # the title and the first paragraph, the box, then the rest of the introduction
+                paras = nb.cells[title].source.strip().split("\n\n")
+                head = 2 if len(paras) > 1 else 1
+                nb.cells[title].source = "\n\n".join(paras[:head])
+                rest = [nbformat.v4.new_markdown_cell("\n\n".join(paras[head:]))] if paras[head:] else []
+                nb.cells[title + 1:title + 1] = [nbformat.v4.new_markdown_cell(summary)] + rest
+    details = ["## Parameters, seeds and tests", parameters_markdown(stem)]
+    if results is not None:
+        table = findings.findings_markdown(stem, results)
         if table:
-            nb.cells.insert(at + 1, nbformat.v4.new_markdown_cell(table))
+            details.append(table)
+    body = "\n\n".join(details[1:])
+    nb.cells.append(nbformat.v4.new_markdown_cell(
+        f"{details[0]}\n\n::::{{admonition}} The parameters, the re-run command and every finding per seed\n"
+        f":class: dropdown\n\n{body}\n::::"))
     nbformat.write(nb, dest)
 
 

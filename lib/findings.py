@@ -276,6 +276,18 @@ def findings_markdown(stem: str, results: Mapping[str, Any], root: Path | None =
             f"--record`.{values}\n:::")
 
 
+def summary_markdown(stem: str, results: Mapping[str, Any], root: Path | None = None) -> str:
+    """The box a chapter page opens with: each claim and on how many seeds it holds (details at the page's end)."""
+    tallies = tally(stem, results, root)
+    if not tallies:
+        return ""
+    rows = "\n".join(f"| {table_cell(t.finding.claim)} | {t.sentence()} |" for t in tallies)
+    return (f":::{{admonition}} What this chapter finds\n:class: important\n\n| claim | at the default "
+            f"parameters |\n|---|---|\n{rows}\n\nEach claim is a test on the chapter's results; the tests, the "
+            f"per-seed table and the headline numbers over seeds are under *Parameters, seeds and tests* at the "
+            f"end of the page.\n:::")
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
 

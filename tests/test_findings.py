@@ -154,26 +154,36 @@ def test_sweep_record_refuses_overrides(capsys):
     assert "default-parameter runs only" in capsys.readouterr().err
 
 
-def test_book_copy_puts_the_findings_table_after_the_parameters(tmp_path):
+def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     import nbformat
 
     from lib.__main__ import book_copy
 
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# Chapter"),
+        nbformat.v4.new_markdown_cell("# Chapter\n\nThe claim in one paragraph.\n\nMore introduction."),
         nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["injected-parameters"]})])
+        nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_markdown_cell("## Analysis")])
     (tmp_path / "run").mkdir()
     nbformat.write(nb, tmp_path / "run" / f"{STEM}.ipynb")
     (tmp_path / "run" / "results.json").write_text(json.dumps(_ch0(0, nm=0)))
     book_copy(STEM, tmp_path / "run" / f"{STEM}.ipynb", tmp_path / "out.ipynb")
     cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
-    assert cells[1].source.startswith(":::{admonition} Parameters of this chapter")
-    assert cells[2].source.startswith(":::{admonition} Findings across seeds")
-    rows = [line for line in cells[2].source.splitlines() if line.startswith("| ") and "`" in line]
+    assert cells[0].source == "# Chapter\n\nThe claim in one paragraph."
+    assert cells[1].source.startswith(":::{admonition} What this chapter finds")
+    summary = [line for line in cells[1].source.splitlines() if line.startswith("| ") and "seed" in line]
+    n = len(json.loads((findings.SEED_DIR / f"{STEM}.json").read_text())["seeds"]) + 1  # recorded + the build's
+    assert summary[0].endswith(f"| holds on {n} of {n} seeds |")  # IOI holds on every seed
+    assert summary[3].endswith(f"| holds on {n - 1} of {n} seeds |")  # this build's seed has no name mover
+    assert cells[2].source == "More introduction."
+    assert "remove-cell" in cells[3].metadata["tags"] and "remove-cell" in cells[4].metadata["tags"]
+    assert cells[5].source == "## Analysis"
+    last = cells[-1].source  # the details close the page, collapsed
+    assert last.startswith("## Parameters, seeds and tests") and ":class: dropdown" in last
+    assert last.index(":::{admonition} Parameters of this chapter") < last.index(":::{admonition} Findings across seeds")
+    rows = [line for line in last.split("Findings across seeds")[1].splitlines() if line.startswith("| ") and "`" in line]
     marks = [r.split(" | ")[2] for r in rows]
-    assert marks[0] == "✓" and marks[3] == "✗"  # IOI holds; no name mover
-    assert "remove-cell" in cells[4].metadata["tags"]
+    assert marks[0] == "✓" and marks[3] == "✗"
 
 
 def test_tables_escape_pipes():
