@@ -52,9 +52,68 @@ def parameters_markdown(stem: str) -> str:
             f"```bash\n.venv/bin/python -m lib run {stem} -p SEED 1 -p {example.name} {example.default!r}\n```\n:::")
 
 
+def _table_block(source: str, marker: str) -> str | None:
+    """The contiguous Markdown table (lines starting with ``|``) of ``source`` that contains ``marker``."""
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if marker in line and line.lstrip().startswith("|"):
+            a = i
+            while a > 0 and lines[a - 1].lstrip().startswith("|"):
+                a -= 1
+            b = i
+            while b + 1 < len(lines) and lines[b + 1].lstrip().startswith("|"):
+                b += 1
+            return "\n".join(lines[a:b + 1])
+    return None
+
+
+def _output_only(cell, kinds: tuple[str, ...]):
+    """A copy of an executed code cell that shows only its outputs of ``kinds`` (no glue records), new cell id."""
+    import copy
+
+    import nbformat
+
+    c = copy.deepcopy(cell)
+    c.metadata = {"tags": ["remove-input"]}
+    c.outputs = [o for o in c.outputs if o.get("output_type") in kinds and not o.get("metadata", {}).get("scrapbook")]
+    if "id" in c:
+        c["id"] = nbformat.v4.new_code_cell().get("id", c["id"])
+    return c
+
+
+def headline_cells(stem: str, nb) -> list:
+    """Copies of the cells a chapter names in ``ftm.headline`` for the top of its page: ``figure`` (the code cell
+    that saves that figure: its output only) and ``table`` (a paper-vs-ours table: the Markdown table, or the
+    output of the code cell, whose text contains that marker). Raises ``ValueError`` if a name matches nothing."""
+    import nbformat
+
+    spec = runner.notebook_meta(stem).get("headline") or {}
+    out = []
+    if spec.get("figure"):
+        call = f'OUTPUT_DIR, "{spec["figure"]}")'
+        cell = next((c for c in nb.cells if c.cell_type == "code" and call in c.source), None)
+        if cell is None:
+            raise ValueError(f"{stem}: ftm.headline.figure {spec['figure']!r}: no cell saves that figure")
+        out.append(_output_only(cell, ("display_data", "execute_result")))
+    if spec.get("table"):
+        marker = spec["table"]
+        for c in nb.cells:
+            if c.cell_type == "markdown" and (block := _table_block(c.source, marker)):
+                out.append(nbformat.v4.new_markdown_cell(f"**The paper and this book, side by side**\n\n{block}"))
+                break
+            if c.cell_type == "code" and marker in c.source and "remove-cell" not in c.metadata.get("tags", []):
+                out += [nbformat.v4.new_markdown_cell("**The paper and this book, side by side**"),
+                        _output_only(c, ("execute_result",))]
+                break
+        else:
+            raise ValueError(f"{stem}: ftm.headline.table {marker!r}: no table or cell contains it")
+    return out
+
+
 def book_copy(stem: str, executed: Path, dest: Path) -> None:
     """Copy an executed chapter into the book, reader first: the page opens (after its title and introduction)
-    with what the chapter finds over seeds; the parameters table with its re-run command and the findings-across-
+    with what the chapter finds over seeds, its headline figure and its paper-vs-ours table (``ftm.headline``);
+    the parameters table with its re-run command and the findings-across-
     seeds tables close the page in a collapsed section. The raw parameters cell (shown as the table) and
     papermill's injected cell are removed from the page."""
     import nbformat
@@ -66,19 +125,19 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
             cell.metadata["tags"] = list(tags) + ["remove-cell"]
     results_file = executed.parent / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else None
-    if results is not None:  # the findings as tests, joined with the recorded seeds (lib/findings.py)
-        summary = findings.summary_markdown(stem, results)
-        if summary:
-            title = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
-                          and c.source.lstrip().startswith("# ")), None)
-            if title is None:
-                nb.cells.insert(0, nbformat.v4.new_markdown_cell(summary))
-            else:  # the title and the first paragraph, the box, then the rest of the introduction
-                paras = nb.cells[title].source.strip().split("\n\n")
-                head = 2 if len(paras) > 1 else 1
-                nb.cells[title].source = "\n\n".join(paras[:head])
-                rest = [nbformat.v4.new_markdown_cell("\n\n".join(paras[head:]))] if paras[head:] else []
-                nb.cells[title + 1:title + 1] = [nbformat.v4.new_markdown_cell(summary)] + rest
+    summary = findings.summary_markdown(stem, results) if results is not None else ""
+    top = ([nbformat.v4.new_markdown_cell(summary)] if summary else []) + headline_cells(stem, nb)
+    if top:
+        title = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+                      and c.source.lstrip().startswith("# ")), None)
+        if title is None:
+            nb.cells[0:0] = top
+        else:  # the title and the first paragraph, the findings, figure and table, then the rest of the introduction
+            paras = nb.cells[title].source.strip().split("\n\n")
+            head = 2 if len(paras) > 1 else 1
+            nb.cells[title].source = "\n\n".join(paras[:head])
+            rest = [nbformat.v4.new_markdown_cell("\n\n".join(paras[head:]))] if paras[head:] else []
+            nb.cells[title + 1:title + 1] = top + rest
     details = ["## Parameters, seeds and tests", parameters_markdown(stem)]
     if results is not None:
         table = findings.findings_markdown(stem, results)
@@ -98,11 +157,24 @@ def build_order(stems: list[str]) -> list[str]:
     return first + [s for s in stems if s not in first]
 
 
-def _execute_chapter(stem: str, out: str) -> float:
-    """One chapter at its defaults into ``out`` (a worker process); returns its wall time."""
-    t = time.time()
-    runner.run_notebook(stem, {}, out)
-    return time.time() - t
+def run_parallel(stems: list[str], outs: dict[str, str], jobs: int, threads: int, on_done,
+                 execute=runner.execute_chapter) -> None:
+    """``execute(stem, outs[stem])`` for every stem in ``jobs`` spawned worker processes with ``threads`` torch /
+    OpenMP threads each, started in ``stems``' order; ``on_done(stem, result)`` in this process as each finishes.
+    ``execute`` must be a module-level function (it is pickled by name). A failing chapter raises here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from lib.sweep import _set_threads
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
+        futs = {}
+        for stem in stems:
+            print(f"[book] queued {stem}", flush=True)
+            futs[pool.submit(execute, stem, outs[stem])] = stem
+        for fut in as_completed(futs):
+            on_done(futs[fut], fut.result())
 
 
 def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int | None = None) -> int:
@@ -126,28 +198,19 @@ def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int |
     if jobs == 1:
         for stem in stems:
             print(f"[book] executing {stem} ...", flush=True)
-            timings[stem] = round(_execute_chapter(stem, str(outs[stem])), 1)
+            timings[stem] = round(runner.execute_chapter(stem, str(outs[stem])), 1)
             book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
             print(f"[book] {stem}: {timings[stem]}s", flush=True)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from lib.sweep import _set_threads
-
         threads = max(1, cores // jobs)
         print(f"[book] {len(stems)} chapters, {jobs} at a time, {threads} torch thread(s) each", flush=True)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_set_threads, initargs=(threads,)) as pool:
-            futs = {}
-            for stem in build_order(stems):
-                print(f"[book] queued {stem}", flush=True)
-                futs[pool.submit(_execute_chapter, stem, str(outs[stem]))] = stem
-            for fut in as_completed(futs):
-                stem = futs[fut]
-                timings[stem] = round(fut.result(), 1)  # a failed chapter raises here, as in a serial build
-                book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-                print(f"[book] {stem}: {timings[stem]}s ({time.time() - started:.0f}s into the build)", flush=True)
+
+        def done(stem: str, seconds: float) -> None:
+            timings[stem] = round(seconds, 1)
+            book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+            print(f"[book] {stem}: {timings[stem]}s ({time.time() - started:.0f}s into the build)", flush=True)
+
+        run_parallel(build_order(stems), {s: str(o) for s, o in outs.items()}, jobs, threads, done)
         timings = {s: timings[s] for s in stems}
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
     (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(

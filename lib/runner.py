@@ -234,3 +234,22 @@ def run_notebook(name: str, params: Optional[dict[str, Any]] = None, out_dir: Op
         raise RuntimeError(f"chapter {stem!r} ran but wrote no results.json into {out}")
     return json.loads(stale.read_text())
 
+
+
+def execute_chapter(stem: str, out: str, params: Optional[dict[str, Any]] = None) -> float:
+    """Run chapter ``stem`` (defaults, or ``params``) into ``out`` and return its wall time in seconds. A module-level
+    function, so that the parallel book build can hand it to worker processes (``python -m lib build``)."""
+    import time
+
+    t = time.time()
+    run_notebook(stem, dict(params or {}), out)
+    return time.time() - t
+
+
+def worker_report(stem: str, out: str) -> dict[str, Any]:
+    """What a build worker process sees, for checking the parallel build without executing chapters: its pid, its
+    torch thread count and ``OMP_NUM_THREADS``, and the chapter's resolved stem (``out`` is unused)."""
+    import torch
+
+    return {"stem": resolve(stem), "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+            "omp": os.environ.get("OMP_NUM_THREADS")}

@@ -163,7 +163,8 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
         nbformat.v4.new_markdown_cell("# Chapter\n\nThe claim in one paragraph.\n\nMore introduction."),
         nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell("SEED = 0", metadata={"tags": ["injected-parameters"]}),
-        nbformat.v4.new_markdown_cell("## Analysis")])
+        nbformat.v4.new_markdown_cell("## Analysis"),
+        nbformat.v4.new_code_cell('plotting.savefig(fig, OUTPUT_DIR, "training_curve")')])  # ftm.headline.figure
     (tmp_path / "run").mkdir()
     nbformat.write(nb, tmp_path / "run" / f"{STEM}.ipynb")
     (tmp_path / "run" / "results.json").write_text(json.dumps(_ch0(0, nm=0)))
@@ -175,9 +176,10 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     n = len(json.loads((findings.SEED_DIR / f"{STEM}.json").read_text())["seeds"]) + 1  # recorded + the build's
     assert summary[0].endswith(f"| holds on {n} of {n} seeds |")  # IOI holds on every seed
     assert summary[3].endswith(f"| holds on {n - 1} of {n} seeds |")  # this build's seed has no name mover
-    assert cells[2].source == "More introduction."
-    assert "remove-cell" in cells[3].metadata["tags"] and "remove-cell" in cells[4].metadata["tags"]
-    assert cells[5].source == "## Analysis"
+    assert cells[2].metadata["tags"] == ["remove-input"] and "training_curve" in cells[2].source  # the figure
+    assert cells[3].source == "More introduction."
+    assert "remove-cell" in cells[4].metadata["tags"] and "remove-cell" in cells[5].metadata["tags"]
+    assert cells[6].source == "## Analysis"
     last = cells[-1].source  # the details close the page, collapsed
     assert last.startswith("## Parameters, seeds and tests") and ":class: dropdown" in last
     assert last.index(":::{admonition} Parameters of this chapter") < last.index(":::{admonition} Findings across seeds")
@@ -227,3 +229,35 @@ def test_default_scale_expectations_name_real_findings():
     assert set(HOLD_AT_DEFAULT) == set(runner.chapters())
     for stem, ids in HOLD_AT_DEFAULT.items():
         assert ids <= {f.id for f in findings.chapter_findings(stem)}, stem
+
+
+def test_headline_cells_copy_the_figure_output_and_the_paper_table(monkeypatch):
+    import nbformat
+
+    from lib import __main__ as cli
+
+    monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"headline": {"figure": "fig1", "table": "| | paper |"}})
+    plot = nbformat.v4.new_code_cell('plotting.savefig(fig, OUTPUT_DIR, "fig1")\nglue_all(x)')
+    plot.outputs = [nbformat.v4.new_output("display_data", {"image/png": "iVBOR"}),
+                    nbformat.v4.new_output("display_data", {"text/plain": "1"}, metadata={"scrapbook": {"name": "x"}}),
+                    nbformat.v4.new_output("stream", name="stdout", text="log")]
+    nb = nbformat.v4.new_notebook(cells=[
+        plot, nbformat.v4.new_markdown_cell("Prose.\n\n| | paper | ours |\n|---|---|---|\n| LD | 1 | 2 |\n\nAfter.")])
+    fig, head, = cli.headline_cells("x", nb)[:2]
+    assert fig.metadata["tags"] == ["remove-input"] and fig.get("id") != plot.get("id")
+    assert [o["output_type"] for o in fig.outputs] == ["display_data"] and "image/png" in fig.outputs[0]["data"]
+    assert head.source.endswith("| | paper | ours |\n|---|---|---|\n| LD | 1 | 2 |")
+    assert len(plot.outputs) == 3  # the original is untouched
+    monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"headline": {"figure": "nope"}})
+    with pytest.raises(ValueError, match="ftm.headline.figure 'nope'"):
+        cli.headline_cells("x", nb)
+
+
+@pytest.mark.parametrize("stem", runner.chapters())
+def test_each_chapter_names_a_headline_figure_that_exists(stem):
+    from lib import __main__ as cli
+
+    spec = runner.notebook_meta(stem).get("headline") or {}
+    assert spec.get("figure"), f"{stem}: ftm.headline.figure is missing (the figure the page opens with)"
+    cells = cli.headline_cells(stem, runner.read_notebook(stem))
+    assert len(cells) == (1 if "table" not in spec else 2 + (cells[-1].cell_type == "code"))

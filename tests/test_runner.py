@@ -66,3 +66,22 @@ def test_cli_reports_parameter_errors(capsys):
     assert main(["run", "0", "-p", "NOPE", "1"]) == 2
     assert "unknown parameter 'NOPE'" in capsys.readouterr().err
 
+
+
+def test_parallel_build_runs_chapters_in_spawned_workers_with_their_thread_share():
+    """The machinery of `make book`'s parallel build (lib.__main__.run_parallel), with a worker that reports
+    instead of executing a chapter: each runs in its own process with the thread count it was given."""
+    import os
+
+    from lib.__main__ import build_order, run_parallel
+
+    stems = runner.chapters()[:3]
+    got = {}
+    run_parallel(stems, {s: "unused" for s in stems}, jobs=2, threads=1, on_done=got.__setitem__,
+                 execute=runner.worker_report)
+    assert set(got) == set(stems) and all(got[s]["stem"] == s for s in stems)
+    assert all(r["torch_threads"] == 1 and r["omp"] == "1" for r in got.values())
+    assert len({r["pid"] for r in got.values()}) <= 2 and all(r["pid"] != os.getpid() for r in got.values())
+    order = build_order(runner.chapters())
+    assert sorted(order) == sorted(runner.chapters())
+    assert order[0] == "04_wrapper_revival"  # ftm.build_first: its own world, started beside chapter 0
