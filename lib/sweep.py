@@ -129,8 +129,13 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
 
 
 def _set_threads(n: int) -> None:
+    """A worker's thread share: the environment its notebook kernels inherit, and its own torch (which may have
+    been imported already while the worker unpickled its task, after which the variables alone do not count)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _run_seed(stem: str, params: dict[str, Any], out: str, run_fn: Optional[Callable] = None) -> dict[str, Any]:
