@@ -16,15 +16,11 @@ import time
 
 import torch
 
+from benchmarks.bench_training import _sync
 from lib.device import model_device, use_device
 from lib.models import count_params, load_pretrained
 from lib.patching import cmap
 from lib.train import TrainConfig, train
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

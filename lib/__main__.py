@@ -195,23 +195,21 @@ def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int |
     timings: dict[str, float] = {}
     started = time.time()
     outs = {s: REPO_ROOT / "_build" / "results" / s for s in stems}
+
+    def done(stem: str, seconds: float) -> None:
+        timings[stem] = round(seconds, 1)
+        book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
+        print(f"[book] {stem}: {timings[stem]}s ({time.time() - started:.0f}s into the build)", flush=True)
+
     if jobs == 1:
         for stem in stems:
             print(f"[book] executing {stem} ...", flush=True)
-            timings[stem] = round(runner.execute_chapter(stem, str(outs[stem])), 1)
-            book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-            print(f"[book] {stem}: {timings[stem]}s", flush=True)
+            done(stem, runner.execute_chapter(stem, str(outs[stem])))
     else:
         threads = max(1, cores // jobs)
         print(f"[book] {len(stems)} chapters, {jobs} at a time, {threads} torch thread(s) each", flush=True)
-
-        def done(stem: str, seconds: float) -> None:
-            timings[stem] = round(seconds, 1)
-            book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-            print(f"[book] {stem}: {timings[stem]}s ({time.time() - started:.0f}s into the build)", flush=True)
-
         run_parallel(build_order(stems), {s: str(o) for s, o in outs.items()}, jobs, threads, done)
-        timings = {s: timings[s] for s in stems}
+    timings = {s: timings[s] for s in stems}
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
     (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(
         {**timings, "_wall_s": round(time.time() - started, 1), "_jobs": jobs}, indent=2))
