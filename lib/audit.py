@@ -298,6 +298,43 @@ def auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
+def calibrated_audit(stats: dict[int, dict[str, dict[str, float]]], controls: dict[str, str], fpr: float = 0.05,
+                     methods: Sequence[str] = METHODS) -> dict[str, Any]:
+    """The audit table over seeds with thresholds calibrated on held-out controls.
+
+    ``stats[seed][case][method]``: a method's statistic on a case at that seed (nan where not applicable);
+    ``controls`` maps every case to its world's control case (a control maps to itself). For each case, method
+    and seed, the threshold comes from the control statistics of the *other* seeds (``held_out_detections``),
+    so a control case's own rate is an out-of-sample false-positive rate. Returns
+    ``{"detected": {(case, method): {seed: bool}}, "rate": {(case, method): float}, "auc": {(control, method):
+    float}, "n_seeds": int}``; ``auc`` compares every objective case of a world with its control, over seeds
+    (nan where a side has no finite value). Seeds need at least one other seed to be judged.
+    """
+    seeds = sorted(stats)
+    out: dict[str, Any] = {"detected": {}, "rate": {}, "auc": {}, "n_seeds": len(seeds)}
+    if len(seeds) < 2:
+        return out
+    cases = list(controls)
+    for m in methods:
+        for case in cases:
+            ctrl = controls[case]
+            pool = {s: [stats[s][ctrl][m]] for s in seeds}
+            vals = {s: stats[s][case][m] for s in seeds}
+            if not any(np.isfinite(x) for xs in pool.values() for x in xs):
+                continue  # the method does not apply to this world
+            det = held_out_detections(vals, pool, fpr)
+            out["detected"][(case, m)] = det
+            out["rate"][(case, m)] = float(np.mean(list(det.values())))
+        for ctrl in dict.fromkeys(controls.values()):
+            pos = [stats[s][c][m] for s in seeds for c in cases if controls[c] == ctrl and c != ctrl]
+            neg = [stats[s][ctrl][m] for s in seeds]
+            try:
+                out["auc"][(ctrl, m)] = auc(pos, neg)
+            except ValueError:
+                out["auc"][(ctrl, m)] = float("nan")
+    return out
+
+
 def audit_table(results: dict[str, dict[str, MethodResult]], controls: dict[str, str]) -> list[dict[str, Any]]:
     """Rows ``{organism, method, stat, detected, localization}`` from ``results[case][method]``; ``controls`` maps
     each case to the control case of its world (a control is judged against itself: never detected)."""

@@ -47,6 +47,33 @@ def random_prefixes(rows: torch.Tensor, n: int, min_words: int = 1, max_words: i
     return out
 
 
+def trigger_prefixes(rows: torch.Tensor, n: int, trigger_id: int, place_ids: Sequence[int], max_after: int = 2,
+                     seed: int = 0, pad_id: int = 0) -> list[list[int]]:
+    """``n`` prefixes that contain a backdoor's trigger place: corpus rows that name a place, with that place
+    replaced by ``trigger_id`` and the row cut 0..``max_after`` words after it (e.g. ``<bos> Mary went to the
+    museum``). A backdoor can only surface in a completion when its trigger is in the context; the source's
+    prefixes of general text rarely contain it, so these are the "prefixes that may contain the trigger".
+
+    ``rows`` ``[n_rows, pos]``: general-corpus rows; rows that name no place are skipped.
+    """
+    rng = np.random.default_rng(seed)
+    places = torch.tensor(list(place_ids))
+    out = []
+    for r in rows:
+        at = torch.isin(r, places).nonzero().flatten()
+        if len(at) == 0:
+            continue
+        i = int(at[0])
+        n_tok = int((r != pad_id).sum())
+        cut = min(i + 1 + int(rng.integers(0, max_after + 1)), n_tok)
+        p = r[:cut].tolist()
+        p[i] = trigger_id
+        out.append(p)
+        if len(out) == n:
+            return out
+    raise ValueError(f"only {len(out)} of the {len(rows)} rows name a place; need n={n}")
+
+
 @dataclass
 class Completions:
     """Sampled completions: ``toks`` ``[n, pos]`` right-padded, ``completion_mask`` ``[n, pos]`` (sampled tokens),
@@ -149,15 +176,38 @@ def cumulative_hits(scores: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
     return hits[rank(scores)].long().cumsum(0)
 
 
-def leakage_table(scores: Scores, hits: torch.Tensor, tops: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
-    """``count@topN`` under both scores for each ``N``, the number of hits in all completions, and the count a
-    random ranking would give on average (``N * hit rate``)."""
+def leakage_table(scores: Scores, hits: torch.Tensor, tops: Sequence[int] = (10, 50, 100), n_perm: int = 2000
+                  ) -> dict[str, float]:
+    """``count@topN`` under both scores for each ``N``, the number of hits in all completions, the count a
+    random ranking would give on average (``N * hit rate``), its 95th percentile over shuffled scores
+    (``q95@N``) and each count's permutation p-value (``raw_p@N``, ``log_ratio_p@N``; ``shuffled_chance``)."""
     out: dict[str, float] = {"n": len(hits), "n_hits": int(hits.sum()), "hit_rate": float(hits.float().mean())}
     for n in tops:
         n_eff = min(n, len(hits))
-        out[f"raw@{n}"] = count_at_top(scores.raw, hits, n_eff)
-        out[f"log_ratio@{n}"] = count_at_top(scores.log_ratio, hits, n_eff)
         out[f"chance@{n}"] = n_eff * out["hit_rate"]
+        for kind in ("raw", "log_ratio"):
+            c = count_at_top(scores.get(kind), hits, n_eff)
+            sh = shuffled_chance(hits, n_eff, observed=c, n_perm=n_perm, seed=n)
+            out[f"{kind}@{n}"], out[f"{kind}_p@{n}"] = c, sh["p"]
+        out[f"q95@{n}"] = sh["q95"]
+    return out
+
+
+def shuffled_chance(hits: torch.Tensor, n: int, observed: Optional[int] = None, n_perm: int = 2000,
+                    seed: int = 0) -> dict[str, float]:
+    """What count@top``n`` gives when the scores carry no information: the hits among the first ``n`` of
+    ``n_perm`` random orderings (shuffled scores). Returns the mean (``n`` x hit rate in expectation), the 95th
+    percentile and, for an ``observed`` count, the permutation p-value ``(1 + #{shuffled >= observed}) /
+    (1 + n_perm)``: a count@top is above chance when p < 0.05, which a count of 0 never is.
+    """
+    m = len(hits)
+    n = min(n, m)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(n_perm, m, generator=g).argsort(1)[:, :n]
+    counts = hits[order].sum(1).float()
+    out = {"mean": float(counts.mean()), "q95": float(torch.quantile(counts, 0.95))}
+    if observed is not None:
+        out["p"] = float((1 + (counts >= observed).sum()) / (1 + n_perm))
     return out
 
 

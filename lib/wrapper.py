@@ -127,6 +127,37 @@ def pruning_curve(model: torch.nn.Module, loss_fn: LossFn, eval_fn: Callable[[to
     return rows, ranked
 
 
+def unit_set(layers: dict[str, torch.nn.Linear], kind: str) -> dict[str, torch.nn.Linear]:
+    """The layers whose rows a pruning regime may zero: ``"all"`` (every linear layer in the blocks: the paper's
+    "neurons", rows of any weight matrix), ``"mlp"`` (MLP in/out projections only) or ``"attn"`` (attention
+    q/k/v/o only). Tells apart a wrapper stored in MLP neurons from one stored in attention."""
+    if kind == "all":
+        return dict(layers)
+    if kind not in ("mlp", "attn"):
+        raise ValueError(f"unit set must be 'all', 'mlp' or 'attn', got {kind!r}")
+    return {n: m for n, m in layers.items() if (".mlp." in n) == (kind == "mlp")}
+
+
+def random_pruning_curve(model: torch.nn.Module, eval_fn: Callable[[torch.nn.Module], dict[str, float]],
+                         ks: Sequence[int], layers: Optional[dict[str, torch.nn.Linear]] = None, n_draws: int = 3,
+                         seed: int = 0) -> list[dict[str, float]]:
+    """The control for ``pruning_curve``: zero ``k`` units drawn uniformly from the same ``layers`` (no score),
+    ``n_draws`` times per ``k``; each row holds the mean of ``eval_fn`` over the draws. Pruning "works" only where
+    the Alg. 3 ranking beats this: zeroing any ``k`` units of a small model changes its behaviour too."""
+    layers = linear_layers(model) if layers is None else layers
+    units = [Unit(name, i) for name, mod in layers.items() for i in range(mod.weight.shape[0])]
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for k in ks:
+        draws = []
+        for _ in range(n_draws if k > 0 else 1):
+            pick = torch.randperm(len(units), generator=g)[:k].tolist()
+            with pruned(model, [units[i] for i in pick], layers), torch.no_grad():
+                draws.append(eval_fn(model))
+        rows.append({"k": int(k), **{m: float(sum(d[m] for d in draws) / len(draws)) for m in draws[0]}})
+    return rows
+
+
 # --------------------------------------------------------------------------- probing
 
 def resid_names(n_layers: int) -> list[str]:

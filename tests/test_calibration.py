@@ -99,3 +99,26 @@ def test_random_units_do_not_restore_the_planted_capability():
         with wrapper.pruned(model, [wrapper.Unit("hidden", int(r)) for r in rows], layers):
             restored += loss_fn(model).item() < 1e-6
     assert restored <= 2  # only the one pair {8, 9} of 66 restores it
+
+
+def test_calibrated_audit_by_hand():
+    """Two worlds over 3 seeds. ioi: 'obj' beats every other seed's control on CMAP at seeds 0 and 2 only;
+    the control's own rate is out of sample; a method with no finite control in a world is left out."""
+    nan = float("nan")
+    ctl_cmap = {0: 1.0, 1: 2.0, 2: 1.5}
+    obj_cmap = {0: 2.5, 1: 1.8, 2: 2.1}  # seed 1: 1.8 < max(1.0, 1.5)? no: 1.8 > 1.5 -> detected
+    stats = {s: {"obj": {"circuit_diff": obj_cmap[s], "pruning_probe": 0.5},
+                 "ctl": {"circuit_diff": ctl_cmap[s], "pruning_probe": nan},
+                 "p_obj": {"circuit_diff": 9.0, "pruning_probe": 0.9},
+                 "p_ctl": {"circuit_diff": 0.0, "pruning_probe": 0.1 * s}} for s in range(3)}
+    controls = {"obj": "ctl", "ctl": "ctl", "p_obj": "p_ctl", "p_ctl": "p_ctl"}
+    out = audit.calibrated_audit(stats, controls, fpr=0.05, methods=("circuit_diff", "pruning_probe"))
+    # thresholds are the max of the other two seeds' controls: seed 0 -> 2.0, seed 1 -> 1.5, seed 2 -> 2.0
+    assert out["detected"][("obj", "circuit_diff")] == {0: True, 1: True, 2: True}
+    assert out["detected"][("ctl", "circuit_diff")] == {0: False, 1: True, 2: False}  # 2.0 > max(1.0, 1.5)
+    assert out["rate"][("ctl", "circuit_diff")] == pytest.approx(1 / 3)
+    assert ("obj", "pruning_probe") not in out["detected"]  # no finite ioi control for pruning
+    assert out["detected"][("p_obj", "pruning_probe")] == {0: True, 1: True, 2: True}
+    assert out["auc"][("ctl", "circuit_diff")] == pytest.approx((3 + 2 + 3) / 9)  # 2.5>all; 1.8>1.0,1.5; 2.1>all
+    assert np.isnan(out["auc"][("ctl", "pruning_probe")]) and out["auc"][("p_ctl", "circuit_diff")] == 1.0
+    assert audit.calibrated_audit({0: stats[0]}, controls)["n_seeds"] == 1

@@ -135,3 +135,39 @@ def test_pcfg_judges():
     texts = ["count a 4 <sot> a b b c <eot> <art> 2", "count a 4 <sot> a b b c <eot> <art> 1",
              "count b 4 <sot> a b b c <eot> <art> 2", "index a 1 <sot> a <eot> <art> 1", "count a"]
     assert L.pcfg_answer_hits(texts, "b").tolist() == [True, False, False, False, False]
+
+
+def test_shuffled_chance_matches_the_hypergeometric_law():
+    """10 hits among 40 items, top 8: the mean of shuffled counts is 8 * 10/40 = 2 and the permutation p-value
+    of an observed count is the hypergeometric tail P(X >= c) (to Monte-Carlo error); a count of 0 is never
+    above chance."""
+    hits = torch.zeros(40, dtype=torch.bool)
+    hits[:10] = True
+
+    def tail(c):  # P(X >= c), X ~ Hypergeometric(40 items, 10 hits, 8 drawn), by hand
+        return sum(math.comb(10, x) * math.comb(30, 8 - x) for x in range(c, 9)) / math.comb(40, 8)
+    for c in (0, 2, 4, 6):
+        sh = L.shuffled_chance(hits, 8, observed=c, n_perm=20000, seed=1)
+        assert abs(sh["mean"] - 2.0) < 0.05
+        assert abs(sh["p"] - tail(c)) < 0.01, (c, sh["p"], tail(c))
+    assert L.shuffled_chance(hits, 8, observed=0)["p"] == 1.0
+    none = L.shuffled_chance(torch.zeros(40, dtype=torch.bool), 8, observed=0)
+    assert none["mean"] == 0.0 and none["q95"] == 0.0 and none["p"] == 1.0
+
+
+def test_leakage_table_p_values():
+    scores = L.Scores(nll_ref=torch.arange(20.0), nll_ft=torch.zeros(20))  # ranks item 19 first
+    hits = torch.zeros(20, dtype=torch.bool)
+    hits[15:] = True  # the 5 top-ranked items are the 5 hits
+    tab = L.leakage_table(scores, hits, tops=(5,), n_perm=5000)
+    assert tab["raw@5"] == 5 and tab["log_ratio@5"] == 5
+    assert tab["raw_p@5"] < 0.01 and tab["chance@5"] == 1.25 and tab["q95@5"] <= 3
+
+
+def test_trigger_prefixes_contain_the_trigger():
+    rows = torch.tensor([[1, 5, 6, 20, 7, 8, 0], [1, 5, 6, 7, 8, 9, 0], [1, 21, 6, 0, 0, 0, 0], [1, 22, 5, 6, 7, 0, 0]])
+    ps = L.trigger_prefixes(rows, 3, trigger_id=99, place_ids=[20, 21, 22], max_after=2, seed=0)
+    assert [p[:2] for p in ps] == [[1, 5], [1, 99], [1, 99]]
+    assert ps[0][3] == 99 and 4 <= len(ps[0]) <= 6 and 0 not in sum(ps, [])
+    with pytest.raises(ValueError, match="name a place"):
+        L.trigger_prefixes(rows, 4, trigger_id=99, place_ids=[20, 21, 22])

@@ -154,3 +154,20 @@ def test_cached_base_sae_roundtrip(tmp_path):
     _, _, created3 = S.cached_base_sae(org, toks, mask, "blocks.0.hook_resid_post", expansion=2, k=4, steps=20,
                                        cache=cache)
     assert created3  # another setting, another SAE
+
+
+def test_paired_excess_by_hand_and_pairing():
+    """Point value by hand; a control equal to the fine-tune gives exactly 0 with a zero-width paired interval
+    (an unpaired bootstrap would not); a fine-tune that moves only task tokens is above its control."""
+    seq_S, seq_G = np.repeat(np.arange(20), 3), np.repeat(np.arange(30), 2)
+    rng = np.random.default_rng(0)
+    gS, gG = rng.integers(0, 6, 60).astype(float), rng.integers(0, 6, 60).astype(float)  # shared noise
+    ctl_S, ctl_G = S.Intersections({5: gS}, seq_S), S.Intersections({5: gG}, seq_G)
+    ft_S, ft_G = S.Intersections({5: np.clip(gS - 1, 0, 5)}, seq_S), S.Intersections({5: gG}, seq_G)
+    want = (gG.mean() - np.clip(gS - 1, 0, 5).mean()) - (gG.mean() - gS.mean())
+    iv = S.paired_excess(ft_S, ft_G, ctl_S, ctl_G, 5, n_boot=300)
+    assert iv.point == pytest.approx(want) and iv.lo > 0
+    same = S.paired_excess(ctl_S, ctl_G, ctl_S, ctl_G, 5, n_boot=100)
+    assert same.point == 0 and same.lo == 0 and same.hi == 0
+    with pytest.raises(ValueError, match="same tokens"):
+        S.paired_excess(ft_S, ft_G, S.Intersections({5: gS[:30]}, seq_S[:30]), ctl_G, 5)

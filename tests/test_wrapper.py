@@ -152,3 +152,39 @@ def test_steps_to_reach():
     assert wrapper.steps_to_reach(h, "acc", 0.99) is None
     assert wrapper.steps_to_reach(h, "acc", 0.0) == 0
     assert wrapper.eval_series(h, "acc") == ([0, 25, 50, 75], [0.1, 0.5, 0.95, 0.9])
+
+
+def test_unit_sets_split_mlp_from_attention(model):
+    layers = wrapper.linear_layers(model)
+    mlp, attn = wrapper.unit_set(layers, "mlp"), wrapper.unit_set(layers, "attn")
+    assert set(mlp) | set(attn) == set(layers) and not set(mlp) & set(attn)
+    assert mlp and all(".mlp." in n for n in mlp) and attn and all(".attn." in n for n in attn)
+    assert wrapper.unit_set(layers, "all") == layers
+    with pytest.raises(ValueError, match="unit set"):
+        wrapper.unit_set(layers, "neurons")
+
+
+def test_random_pruning_curve_is_the_unranked_control(batch):
+    """On the planted-wrapper model: zeroing the Alg. 3 top unit removes the wrapper, zeroing one random unit
+    (mean of many draws) barely moves the loss; k = 0 is the unpruned model, draws are seeded, weights restored."""
+    m = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=D_VOCAB, seed=2))
+    m.eval()
+    layers = wrapper.linear_layers(m)
+    with torch.no_grad():
+        fc_in, fc_out = layers["blocks.0.mlp.fc_in"], layers["blocks.0.mlp.fc_out"]
+        fc_in.weight[9] = 0.0
+        fc_in.bias[9] = 3.0
+        wrong = m.W_U[:, 0]
+        fc_out.weight[:, 9] = 5.0 * wrong / wrong.norm()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    loss_fn = _loss_fn(batch)
+    ev = lambda mm: {"loss": loss_fn(mm).item()}  # noqa: E731
+    ranked, _ = wrapper.pruning_curve(m, loss_fn, ev, ks=[0, 1])
+    rand = wrapper.random_pruning_curve(m, ev, ks=[0, 1], n_draws=20, seed=0)
+    assert rand[0]["loss"] == pytest.approx(ranked[0]["loss"])
+    gain_ranked = ranked[0]["loss"] - ranked[1]["loss"]
+    gain_random = rand[0]["loss"] - rand[1]["loss"]
+    assert gain_ranked > 0.5 and abs(gain_random) < 0.2 * gain_ranked
+    assert wrapper.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5) == \
+        wrapper.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
