@@ -188,6 +188,24 @@ def seed_values(stem: str, key: str, params: Optional[Mapping[str, Any]] = None,
     return {s: v for s, v in sorted(out.items()) if v is not None}
 
 
+def over_seeds(stem: str, key: str, value: Any, params: Mapping[str, Any], digits: int = 2,
+               root: Path | None = None) -> str:
+    """A headline number over seeds for prose: ``"0.93 [0.88, 0.98], 5 seeds"`` (mean and 95 % Student-t interval
+    over this run's ``value`` and the recorded seeds' ``key``), or ``"this seed only"`` with fewer than two
+    numbers. ``params``: the running chapter's (``lib.book.chapter_params``), which must include ``SEED``."""
+    from lib.stats import mean_ci
+
+    seed = int(params.get("SEED", 0))
+    vals = {s: v for s, v in seed_values(stem, key, params, root).items() if s != seed}
+    vals[seed] = value
+    xs = [float(x) for x in vals.values()
+          if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)]
+    if len(xs) < 2:
+        return "this seed only"
+    iv = mean_ci(xs)
+    return f"{iv.point:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}], {len(xs)} seeds"
+
+
 def load_record(stem: str, root: Path | None = None) -> Optional[dict[str, Any]]:
     """The recorded seeds of ``stem`` if their parameters are the chapter's current defaults, else ``None``."""
     path = record_path(stem, root)

@@ -261,3 +261,14 @@ def test_each_chapter_names_a_headline_figure_that_exists(stem):
     assert spec.get("figure"), f"{stem}: ftm.headline.figure is missing (the figure the page opens with)"
     cells = cli.headline_cells(stem, runner.read_notebook(stem))
     assert len(cells) == (1 if "table" not in spec else 2 + (cells[-1].cell_type == "code"))
+
+
+def test_over_seeds_joins_this_run_with_the_record(tmp_path):
+    findings.record(STEM, {1: _ch0(1, ld=3.0), 2: _ch0(2, ld=1.0), 0: _ch0(0, ld=-9.0)}, root=tmp_path)
+    params = {**findings.default_params(STEM), "SEED": 0}
+    half = 4.303 * math.sqrt(((4 - 8 / 3) ** 2 + (3 - 8 / 3) ** 2 + (1 - 8 / 3) ** 2) / 2) / math.sqrt(3)
+    # the recorded seed 0 is replaced by this run's value (4.0), as in the findings box
+    assert findings.over_seeds(STEM, "ioi_logit_diff", 4.0, params, root=tmp_path) == \
+        f"{8 / 3:.2f} [{8 / 3 - half:.2f}, {8 / 3 + half:.2f}], 3 seeds"
+    assert findings.over_seeds(STEM, "ioi_logit_diff", 4.0, {**params, "BASE_STEPS": 7}, root=tmp_path) == \
+        "this seed only"
