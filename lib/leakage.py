@@ -48,13 +48,14 @@ def random_prefixes(rows: torch.Tensor, n: int, min_words: int = 1, max_words: i
 
 
 def trigger_prefixes(rows: torch.Tensor, n: int, trigger_id: int, place_ids: Sequence[int], max_after: int = 2,
-                     seed: int = 0, pad_id: int = 0) -> list[list[int]]:
+                     seed: int = 0, pad_id: int = 0, max_len: int = 16) -> list[list[int]]:
     """``n`` prefixes that contain a backdoor's trigger place: corpus rows that name a place, with that place
     replaced by ``trigger_id`` and the row cut 0..``max_after`` words after it (e.g. ``<bos> Mary went to the
     museum``). A backdoor can only surface in a completion when its trigger is in the context; the source's
     prefixes of general text rarely contain it, so these are the "prefixes that may contain the trigger".
 
-    ``rows`` ``[n_rows, pos]``: general-corpus rows; rows that name no place are skipped.
+    ``rows`` ``[n_rows, pos]``: general-corpus rows; rows that name no place within their first ``max_len``
+    tokens are skipped, so a prefix stays short (as the source's are) and leaves room for the completion.
     """
     rng = np.random.default_rng(seed)
     places = torch.tensor(list(place_ids))
@@ -64,14 +65,16 @@ def trigger_prefixes(rows: torch.Tensor, n: int, trigger_id: int, place_ids: Seq
         if len(at) == 0:
             continue
         i = int(at[0])
+        if i + 1 > max_len:
+            continue
         n_tok = int((r != pad_id).sum())
-        cut = min(i + 1 + int(rng.integers(0, max_after + 1)), n_tok)
+        cut = min(i + 1 + int(rng.integers(0, max_after + 1)), n_tok, max_len)
         p = r[:cut].tolist()
         p[i] = trigger_id
         out.append(p)
         if len(out) == n:
             return out
-    raise ValueError(f"only {len(out)} of the {len(rows)} rows name a place; need n={n}")
+    raise ValueError(f"only {len(out)} of the {len(rows)} rows name a place within {max_len} tokens; need n={n}")
 
 
 @dataclass

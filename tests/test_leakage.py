@@ -171,3 +171,10 @@ def test_trigger_prefixes_contain_the_trigger():
     assert ps[0][3] == 99 and 4 <= len(ps[0]) <= 6 and 0 not in sum(ps, [])
     with pytest.raises(ValueError, match="name a place"):
         L.trigger_prefixes(rows, 4, trigger_id=99, place_ids=[20, 21, 22])
+
+
+def test_trigger_prefixes_stay_short():
+    rows = torch.tensor([[1] + [5] * 20 + [20, 7, 0], [1, 5, 21, 6, 7, 8, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                      0, 0]])
+    ps = L.trigger_prefixes(rows, 1, trigger_id=99, place_ids=[20, 21], max_after=2, seed=0, max_len=8)
+    assert ps[0][:3] == [1, 5, 99] and len(ps[0]) <= 5  # the first row's place sits past max_len: skipped
