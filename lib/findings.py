@@ -81,12 +81,16 @@ def evaluate(test: str, results: Mapping[str, Any]) -> Optional[bool]:
     not finite, or a comparison meets ``None`` other than by ``is``)."""
     tree = parse_test(test)
     env: dict[str, Any] = dict(_FUNCS)
+    uses_is = any(isinstance(op, (ast.Is, ast.IsNot)) for n in ast.walk(tree) if isinstance(n, ast.Compare)
+                  for op in n.ops)
     for n in ast.walk(tree):
         if isinstance(n, ast.Name) and n.id not in _FUNCS:
             if n.id not in results:
                 return None
             v = results[n.id]
             if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if v is None and not uses_is:  # ``None == 7`` is False in Python; here it is undecided
                 return None
             env[n.id] = v
     try:

@@ -20,6 +20,7 @@ def test_evaluate_hand_computed():
     assert findings.evaluate("c is None or c > a", r) is True
     assert findings.evaluate("a is not None and (c is None or c > a)", r) is True
     assert findings.evaluate("c > a", r) is None
+    assert findings.evaluate("c == n", r) is None and findings.evaluate("c != n", r) is None  # not False / True
     # a key the run lacks, or a non-finite number: undecided, never silently False
     assert findings.evaluate("zz > 0", r) is None
     assert findings.evaluate("x > 0", {"x": math.nan}) is None
