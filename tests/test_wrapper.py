@@ -90,10 +90,8 @@ def test_pruned_zeroes_and_restores(model, batch):
     assert torch.equal(model(toks).detach(), before)
 
 
-def test_pruning_top_unit_reduces_loss_on_planted_wrapper(batch):
-    """Plant a 'wrapper' neuron that adds a large wrong logit; Alg. 3 must rank it first and pruning it
-    must lower the loss."""
-    toks, mask = batch
+def _planted_wrapper_model():
+    """A 1-layer model with a planted 'wrapper': MLP neuron 9 is always on and adds a large wrong logit."""
     m = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=D_VOCAB, seed=2))
     m.eval()
     layers = wrapper.linear_layers(m)
@@ -103,6 +101,13 @@ def test_pruning_top_unit_reduces_loss_on_planted_wrapper(batch):
         fc_in.bias[9] = 3.0  # always on
         wrong = m.W_U[:, 0]  # pushes every prediction towards <pad>, never a target
         fc_out.weight[:, 9] = 5.0 * wrong / wrong.norm()
+    return m
+
+
+def test_pruning_top_unit_reduces_loss_on_planted_wrapper(batch):
+    """Plant a 'wrapper' neuron that adds a large wrong logit; Alg. 3 must rank it first and pruning it
+    must lower the loss."""
+    m = _planted_wrapper_model()
     loss_fn = _loss_fn(batch)
     rows, ranked = wrapper.pruning_curve(m, loss_fn, lambda mm: {"loss": loss_fn(mm).item()}, ks=[0, 1])
     assert ranked[0] == wrapper.Unit("blocks.0.mlp.fc_in", 9)
@@ -167,15 +172,7 @@ def test_unit_sets_split_mlp_from_attention(model):
 def test_random_pruning_curve_is_the_unranked_control(batch):
     """On the planted-wrapper model: zeroing the Alg. 3 top unit removes the wrapper, zeroing one random unit
     (mean of many draws) barely moves the loss; k = 0 is the unpruned model, draws are seeded, weights restored."""
-    m = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=D_VOCAB, seed=2))
-    m.eval()
-    layers = wrapper.linear_layers(m)
-    with torch.no_grad():
-        fc_in, fc_out = layers["blocks.0.mlp.fc_in"], layers["blocks.0.mlp.fc_out"]
-        fc_in.weight[9] = 0.0
-        fc_in.bias[9] = 3.0
-        wrong = m.W_U[:, 0]
-        fc_out.weight[:, 9] = 5.0 * wrong / wrong.norm()
+    m = _planted_wrapper_model()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     loss_fn = _loss_fn(batch)
     ev = lambda mm: {"loss": loss_fn(mm).item()}  # noqa: E731
