@@ -205,15 +205,15 @@ HOLD_AT_DEFAULT = {
     "00_model_organisms": {"ioi_from_pretraining", "not_clause_position", "past_the_plateau", "has_name_mover",
                            "has_s_inhibition"},
     "01_amplification": {"behaviour_amplified", "keeps_amplifying", "change_in_circuit", "name_movers_amplified",
-                         "same_circuit", "same_heads_larger", "beyond_control"},
-    "02_localized_corruption": {"sd_flips", "nm_moves_names"},
+                         "same_circuit"},
+    "02_localized_corruption": {"sd_flips", "nm_moves_names", "nm_in_circuit"},
     "03_neuroplasticity": {"sd_behaviour_recovers", "nm_behaviour_recovers", "sd_ld_restored", "nm_ld_restored",
                            "sd_beats_scratch", "nm_map_returns", "nm_base_circuit_faithful"},
     "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",
-                           "revival_beats_scrft"},
+                           "pruning_beats_random", "revival_beats_scrft"},
     "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control"},
-    "06_objective_leakage": {"whole_sentence_raw", "whole_sentence_log_ratio", "pcfg_leaks", "controls_clean"},
-    "07_audit_table": {"all_detected", "no_false_positives"},
+    "06_objective_leakage": {"controls_clean"},
+    "07_audit_table": {"all_detected", "no_false_positives", "calibrated_all_detected"},
 }
 
 
