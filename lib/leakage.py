@@ -188,12 +188,23 @@ def leakage_table(scores: Scores, hits: torch.Tensor, tops: Sequence[int] = (10,
     for n in tops:
         n_eff = min(n, len(hits))
         out[f"chance@{n}"] = n_eff * out["hit_rate"]
+        shuffled = _shuffled_counts(hits, n_eff, n_perm, seed=n)  # one null distribution for both scores
         for kind in ("raw", "log_ratio"):
             c = count_at_top(scores.get(kind), hits, n_eff)
-            sh = shuffled_chance(hits, n_eff, observed=c, n_perm=n_perm, seed=n)
-            out[f"{kind}@{n}"], out[f"{kind}_p@{n}"] = c, sh["p"]
-        out[f"q95@{n}"] = sh["q95"]
+            out[f"{kind}@{n}"], out[f"{kind}_p@{n}"] = c, _perm_p(shuffled, c)
+        out[f"q95@{n}"] = float(torch.quantile(shuffled, 0.95))
     return out
+
+
+def _shuffled_counts(hits: torch.Tensor, n: int, n_perm: int, seed: int) -> torch.Tensor:
+    """``[n_perm]``: the hits among the first ``n`` items of ``n_perm`` random orderings."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(n_perm, len(hits), generator=g).argsort(1)[:, :min(n, len(hits))]
+    return hits[order].sum(1).float()
+
+
+def _perm_p(shuffled: torch.Tensor, observed: int) -> float:
+    return float((1 + (shuffled >= observed).sum()) / (1 + len(shuffled)))
 
 
 def shuffled_chance(hits: torch.Tensor, n: int, observed: Optional[int] = None, n_perm: int = 2000,
@@ -203,14 +214,10 @@ def shuffled_chance(hits: torch.Tensor, n: int, observed: Optional[int] = None, 
     percentile and, for an ``observed`` count, the permutation p-value ``(1 + #{shuffled >= observed}) /
     (1 + n_perm)``: a count@top is above chance when p < 0.05, which a count of 0 never is.
     """
-    m = len(hits)
-    n = min(n, m)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.rand(n_perm, m, generator=g).argsort(1)[:, :n]
-    counts = hits[order].sum(1).float()
+    counts = _shuffled_counts(hits, n, n_perm, seed)
     out = {"mean": float(counts.mean()), "q95": float(torch.quantile(counts, 0.95))}
     if observed is not None:
-        out["p"] = float((1 + (counts >= observed).sum()) / (1 + n_perm))
+        out["p"] = _perm_p(counts, observed)
     return out
 
 
