@@ -229,6 +229,29 @@ def pretrain_data(tok, seed: int, n_ctx: int, ioi_frac: float = 0.1, cast_size: 
     return batch_fn
 
 
+def general_answer_data(tok, seed: int, n_ctx: int, cast_size: int = 0):
+    """Batch function for the *mask-matched* control: IOI-free general-corpus rows trained like the IOI
+    fine-tunes, on one target token per row at the position an IOI answer would take.
+
+    Each row draws an IOI prompt only for its length: the row is a general-corpus row (``general_rows``, no IOI,
+    casts of ``cast_size``) cut just after position ``end_pos + 1`` of that prompt, and the loss marks that one
+    token, whatever word the general text has there. Same number of trained tokens per row, at the same
+    positions, as ``ioi_finetune_data(loss_on="answer")``; no IOI sentence and no name-answer objective.
+    """
+    def batch_fn(step: int, batch_size: int):
+        rng = np.random.default_rng([seed, step, 2])
+        ds = make_ioi_dataset(tok, batch_size, int(rng.integers(2**31)))
+        rows = general_rows(tok, rng, batch_size, n_ctx, ioi_frac=0.0, cast_size=cast_size)
+        last = (rows != tok.pad_id).sum(1) - 1  # the last real token of each row
+        target = torch.minimum(ds.end_pos + 1, last)
+        toks = rows[:, : int(target.max()) + 1].clone()
+        pos = torch.arange(toks.shape[1])
+        toks[pos[None, :] > target[:, None]] = tok.pad_id
+        mask = pos[None, :] == target[:, None]
+        return toks, mask
+    return batch_fn
+
+
 def answer_rows(tok, ds: "IOIDataset", ans: torch.Tensor, loss_on: str = "answer"):
     """Prompts of ``ds`` followed by the answer ids ``ans`` ``[n]``: ``(toks [n, pos], loss_mask [n, pos])``.
 
@@ -312,7 +335,7 @@ def general_eval(tok, n: int = 64, seed: int = 54321, n_ctx: int = 64, cast_size
 
 WORLD = register_world(World(
     name="ioi", version="2", tokenizer=make_tokenizer, n_ctx=64,
-    data={"pretrain": pretrain_data, "ioi": ioi_finetune_data},
+    data={"pretrain": pretrain_data, "ioi": ioi_finetune_data, "general_answer": general_answer_data},
     evals={"ioi": ioi_eval, "general": general_eval},
 ))
 
@@ -419,16 +442,29 @@ def retrain_recipe(toxic, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 
                      n_ckpts)
 
 
+CONTROL_LOSS = ("all", "answer")
+
+
 def control_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH,
-                   n_ckpts: int = 8):
-    """Control fine-tune of ``base`` on the general corpus *without* IOI sentences, same steps and lr (and the
-    base's other corpus settings, e.g. ``cast_size``)."""
+                   n_ckpts: int = 8, loss_on: str = "all"):
+    """Control fine-tune of ``base`` on the general corpus *without* IOI sentences, same steps, lr and batch (and
+    the base's other corpus settings, e.g. ``cast_size``).
+
+    ``loss_on="all"``: the loss on every token of 64-token rows (chapters 1-3's control). ``"answer"``: matched
+    in loss mask as well — one trained token per row, at the IOI answer's positions (``general_answer_data``).
+    """
+    if loss_on not in CONTROL_LOSS:
+        raise ValueError(f"loss_on must be one of {CONTROL_LOSS}, got {loss_on!r}")
     r, kw = base, {}
     while r is not None:  # the nearest pretraining ancestor's corpus settings
         if r.data == "pretrain":
             kw = dict(r.data_kwargs)
             break
         r = r.parent
+    if loss_on == "answer":
+        kw = {"cast_size": kw.get("cast_size", 0)}
+        return _finetune(base, f"{base.name}/control-answer", "general_answer", kw, steps, lr, seed, batch_size,
+                         n_ckpts)
     kw["ioi_frac"] = 0.0
     return _finetune(base, f"{base.name}/control", "pretrain", kw, steps, lr, seed, batch_size, n_ckpts)
 

@@ -20,7 +20,7 @@ import torch
 
 from lib.cache import ArtifactCache, CorruptArtifact, content_key
 from lib.models import ModelSpec, build_model, count_params
-from lib.seeding import set_seed
+from lib.seeding import one_thread, set_seed
 from lib.tokenizer import WordTokenizer
 from lib.train import BatchFn, EvalFn, TrainConfig, train
 
@@ -186,8 +186,9 @@ def _train_recipe(recipe: Recipe, cache: ArtifactCache, progress: Optional[bool]
         ckpts[f"ckpt_{step}.pt"] = copy.deepcopy(m.state_dict())
 
     started = time.time()
-    hist = train(model, batch_fn, recipe.train, eval_fn=_make_eval(recipe, tok), on_checkpoint=on_ckpt,
-                 progress=progress, desc=recipe.name)
+    with one_thread():  # the cached weights must not depend on who trained them
+        hist = train(model, batch_fn, recipe.train, eval_fn=_make_eval(recipe, tok), on_checkpoint=on_ckpt,
+                     progress=progress, desc=recipe.name)
     states = {"model.pt": model.state_dict(), **ckpts}
     meta = {"name": recipe.name, "lineage": recipe.lineage(), "identity": recipe.identity(),
             "history": hist, "n_params": count_params(model), "train_wall_time_s": round(time.time() - started, 2),

@@ -312,8 +312,11 @@ def cached_base_sae(organism, toks_BP: torch.Tensor, mask_BP: torch.Tensor, hook
     key = content_key(ident)
 
     def create():
-        sae, hist = base_sae(organism.model, toks_BP, mask_BP, hook, expansion=expansion, k=k, steps=steps, lr=lr,
-                             seed=seed)
+        from lib.seeding import one_thread
+
+        with one_thread():  # as for organisms: the cached SAE must not depend on the trainer's thread count
+            sae, hist = base_sae(organism.model, toks_BP, mask_BP, hook, expansion=expansion, k=k, steps=steps,
+                                 lr=lr, seed=seed)
         state = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec,
                  "scale": torch.tensor(sae.scale)}
         return {"sae.pt": state}, {"identity": ident, "history": hist, "meta": sae.meta}

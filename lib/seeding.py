@@ -1,6 +1,7 @@
 """Deterministic seeding and run provenance."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -9,7 +10,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +27,20 @@ def set_seed(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch thread (then restore the count). Everything that fills the artifact cache
+    trains inside it: a CPU matmul's reduction order depends on the thread count, so weights trained with two
+    threads differ in their last bits from weights trained with one, and a cache key must name one set of weights
+    whoever trains it (a book worker, a sweep worker, a single ``python -m lib run``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def git_commit() -> str | None:

@@ -1,5 +1,6 @@
 """The artifact cache: same recipe hits, changed recipe misses, corruption is detected and retrained."""
 import json
+import os
 
 import pytest
 import torch
@@ -101,3 +102,38 @@ def test_base_recipe_is_stable():
     """Chapters share the base organism only if equal arguments give equal keys."""
     assert base_recipe().key() == base_recipe().key()
     assert base_recipe(seed=1).key() != base_recipe().key()
+
+
+_TRAIN_AND_HASH = """
+import hashlib, sys, tempfile
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+from lib import ioi
+from lib.cache import ArtifactCache
+from lib.organisms import _train_recipe
+base = ioi.base_recipe(steps=12, n_layers=2, d_model=64, batch_size=16)
+states, _ = _train_recipe(ioi.toxic_recipe(base, steps=6, batch_size=16, n_ckpts=1), ArtifactCache(tempfile.mkdtemp()),
+                          False)
+h = hashlib.sha256()
+for k, v in sorted(states["model.pt"].items()):
+    h.update(k.encode()); h.update(v.detach().contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_training_is_bit_reproducible_across_processes_and_threads():
+    """A cache key must name one set of weights, whoever trains it: a fresh process (its own hash seed) with one
+    or two torch threads trains the same recipe chain to identical bytes."""
+    import subprocess
+    import sys
+
+    from lib.seeding import REPO_ROOT
+
+    def digest(threads: int, hashseed: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": hashseed, "OMP_NUM_THREADS": str(threads)}
+        out = subprocess.run([sys.executable, "-c", _TRAIN_AND_HASH, str(threads)], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    assert digest(1, "1") == digest(2, "2")

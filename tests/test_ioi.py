@@ -103,6 +103,36 @@ def test_cast_restricts_names_per_row():
     assert max(len({w for w in TOK.decode(r).split() if w in names}) for r in free) > 3
 
 
+def test_mask_matched_control_data_trains_one_general_token_where_an_answer_would_be():
+    toks, mask = ioi.general_answer_data(TOK, seed=3, n_ctx=64, cast_size=2)(5, 32)
+    # the same draw the batch function makes, to know each row's IOI answer position
+    rng = np.random.default_rng([3, 5, 2])
+    ds = ioi.make_ioi_dataset(TOK, 32, int(rng.integers(2**31)))
+    rows = ioi.general_rows(TOK, rng, 32, 64, ioi_frac=0.0, cast_size=2)
+    assert mask.sum(1).tolist() == [1] * 32  # one trained token per row, as in the answer-only fine-tunes
+    target = mask.int().argmax(1)
+    assert torch.equal(target, ds.end_pos + 1)  # 64-token general rows are always longer than an IOI prompt
+    nonpad = toks != TOK.pad_id
+    assert torch.equal(nonpad.sum(1) - 1, target)  # the row ends on its target
+    assert torch.equal(toks[nonpad], rows[:, : toks.shape[1]][nonpad])  # a cut general row, nothing else
+    text = " ".join(TOK.decode(r) for r in toks)
+    assert "decided to give it to" not in text and "said to" not in text  # no IOI sentence
+    ft_toks, ft_mask = ioi.ioi_finetune_data(TOK, seed=3, n_ctx=64)(5, 32)
+    assert ft_mask.sum(1).tolist() == mask.sum(1).tolist()
+
+
+def test_control_loss_option():
+    base = ioi.base_recipe()
+    full, matched = ioi.control_recipe(base), ioi.control_recipe(base, loss_on="answer")
+    assert full.key() == ioi.control_recipe(base, loss_on="all").key()  # the default keeps chapter 1's organism
+    assert matched.key() != full.key() and matched.data == "general_answer"
+    assert matched.data_kwargs == {"cast_size": base.data_kwargs["cast_size"]}
+    assert (matched.train.steps, matched.train.lr, matched.train.batch_size) == \
+        (full.train.steps, full.train.lr, full.train.batch_size)
+    with pytest.raises(ValueError, match="loss_on"):
+        ioi.control_recipe(base, loss_on="answers")
+
+
 def test_recipe_builders_lineage_and_keys():
     base = ioi.base_recipe()
     clean, toxic, control = ioi.clean_recipe(base), ioi.toxic_recipe(base), ioi.control_recipe(base)
