@@ -211,7 +211,7 @@ HOLD_AT_DEFAULT = {
                            "sd_beats_scratch", "nm_map_returns", "nm_base_circuit_faithful"},
     "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",
                            "pruning_beats_random", "revival_beats_scrft"},
-    "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control"},
+    "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control_all_token"},
     "06_objective_leakage": {"controls_clean"},
     "07_audit_table": {"all_detected", "no_false_positives", "calibrated_all_detected"},
 }
