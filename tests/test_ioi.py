@@ -117,7 +117,7 @@ def test_mask_matched_control_data_trains_one_general_token_where_an_answer_woul
     assert torch.equal(toks[nonpad], rows[:, : toks.shape[1]][nonpad])  # a cut general row, nothing else
     text = " ".join(TOK.decode(r) for r in toks)
     assert "decided to give it to" not in text and "said to" not in text  # no IOI sentence
-    ft_toks, ft_mask = ioi.ioi_finetune_data(TOK, seed=3, n_ctx=64)(5, 32)
+    _, ft_mask = ioi.ioi_finetune_data(TOK, seed=3, n_ctx=64)(5, 32)
     assert ft_mask.sum(1).tolist() == mask.sum(1).tolist()
 
 
