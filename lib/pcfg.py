@@ -422,6 +422,18 @@ def probe_count_by_block(model, tok: WordTokenizer, prompt_operand: str = "a", t
     from lib.wrapper import probe_accuracy_by_block
 
     tr = count_examples(tok, n_train, seed, prompt_operand, 0.0, max_len)
-    te = count_examples(tok, n_test, seed + 1, prompt_operand, 0.0, max_len)
+    te = _probe_test_set(tok, n_test, prompt_operand, max_len, seed)
     return probe_accuracy_by_block(model, tr.tokens, tr.ans_pos - 1, tr.counts[target], te.tokens, te.ans_pos - 1,
                                    te.counts[target], n_classes=max_len + 1, steps=steps)
+
+
+def _probe_test_set(tok: WordTokenizer, n_test: int, prompt_operand: str, max_len: int, seed: int) -> Examples:
+    return count_examples(tok, n_test, seed + 1, prompt_operand, 0.0, max_len)
+
+
+def probe_chance(tok: WordTokenizer, prompt_operand: str = "a", target: str = "a", n_test: int = 512,
+                 max_len: int = 24, seed: int = 31) -> float:
+    """The accuracy ``probe_count_by_block`` (same arguments) would score by always answering the most frequent
+    ``count(target)`` of its test set: the chance level of that probe."""
+    counts = np.asarray(_probe_test_set(tok, n_test, prompt_operand, max_len, seed).counts[target])
+    return float(np.bincount(counts).max() / len(counts))

@@ -199,3 +199,21 @@ def test_default_scale_findings(default_results):
     assert r["scrft_steps"] is None or r["scrft_steps"] > r["reft_steps"]
     # pruning moves count-a accuracy up (how far is the chapter's reported number, not asserted here)
     assert r["prune_k15_acc_a"] > r["ft_main_acc_a"]
+
+
+def test_probe_chance_is_the_majority_share_of_the_labels_the_probe_is_tested_on(monkeypatch):
+    import lib.wrapper as W
+
+    seen = {}
+
+    def fake_probe(model, tr_toks, tr_pos, tr_y, te_toks, te_pos, te_y, n_classes, steps):
+        seen["te_y"] = np.asarray(te_y)
+        return [0.0]
+
+    monkeypatch.setattr(W, "probe_accuracy_by_block", fake_probe)
+    tok = pcfg.make_tokenizer()
+    pcfg.probe_count_by_block(None, tok, prompt_operand="b", target="a", n_train=8, n_test=64, max_len=12)
+    y = seen["te_y"]
+    majority = max(np.sum(y == v) for v in np.unique(y)) / len(y)
+    assert pcfg.probe_chance(tok, prompt_operand="b", target="a", n_test=64, max_len=12) == majority
+    assert 0 < majority < 1  # the test set has more than one count, so chance is not trivially 1
