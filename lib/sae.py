@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from lib.seeding import one_thread
 from lib.stats import Interval, bootstrap, ratio_of_sums
 
 
@@ -312,8 +313,6 @@ def cached_base_sae(organism, toks_BP: torch.Tensor, mask_BP: torch.Tensor, hook
     key = content_key(ident)
 
     def create():
-        from lib.seeding import one_thread
-
         with one_thread():  # as for organisms: the cached SAE must not depend on the trainer's thread count
             sae, hist = base_sae(organism.model, toks_BP, mask_BP, hook, expansion=expansion, k=k, steps=steps,
                                  lr=lr, seed=seed)
