@@ -1,6 +1,6 @@
 """GPU check at the paper's scale: GPT-2 small's architecture (random weights, built offline through the same
-``lib.models.load_pretrained`` path as ``MODEL="gpt2"``) fine-tuned for ``--steps`` steps with ``lib.train.train``,
-then analysed with cross-model activation patching (``lib.patching.cmap``: every head's output and every MLP of
+``lib.organisms.models.load_pretrained`` path as ``MODEL="gpt2"``) fine-tuned for ``--steps`` steps with ``lib.organisms.train.train``,
+then analysed with cross-model activation patching (``lib.methods.patching.cmap``: every head's output and every MLP of
 the fine-tune patched into the original). Prints a table of wall times and throughput.
 
     .venv/bin/python benchmarks/bench_gpu.py --device cuda [--steps 50] [--batch 16] [--seq 128]
@@ -17,10 +17,10 @@ import time
 import torch
 
 from benchmarks.bench_training import _sync
-from lib.device import model_device, use_device
-from lib.models import count_params, load_pretrained
-from lib.patching import cmap
-from lib.train import TrainConfig, train
+from lib.methods.patching import cmap
+from lib.organisms.device import model_device, use_device
+from lib.organisms.models import count_params, load_pretrained
+from lib.organisms.train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 1. training tokens/s of the organism (TransformerLens bridge) vs a plain PyTorch GPT of the same shape;
 2. the achieved training GFLOP/s vs this machine's measured fp32 matmul peak;
-3. batched per-head output patching (``lib.patching.head_out_patch``, one forward pass per layer) vs a loop of
+3. batched per-head output patching (``lib.methods.patching.head_out_patch``, one forward pass per layer) vs a loop of
    one forward pass per head, and TransformerLens' own per-head loop (``hook_z``);
 4. the chapters' cold / warm build times: the last ``make book`` (``_build/timings.json``), or ``--book`` to time
    a cold and a warm ``python -m lib build`` now.
@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib.device import use_device
-from lib.models import ModelSpec, build_model, count_params
+from lib.organisms.device import use_device
+from lib.organisms.models import ModelSpec, build_model, count_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ def matmul_peak(device: torch.device, n: int = 1024, reps: int = 20) -> float:
 @torch.no_grad()
 def _loop_head_out_patch(model, toks, src_out, metric) -> torch.Tensor:
     """Reference: one forward pass per head, adding (source - own) output of that head to ``hook_attn_out``."""
-    from lib.patching import n_layers_heads, z_name
+    from lib.methods.patching import n_layers_heads, z_name
 
     L, H = n_layers_heads(model)
     out = torch.zeros(L, H)
@@ -137,9 +137,9 @@ def _loop_head_out_patch(model, toks, src_out, metric) -> torch.Tensor:
 def bench_patching(reps: int = 3, n_prompts: int = 128) -> list[tuple[str, float, float]]:
     """Per-head output patching of a 4-layer, 4-head organism on ``n_prompts`` IOI prompts: seconds (best of
     ``reps``) and the largest disagreement with the batched result."""
-    from lib import ioi
-    from lib.organisms import world_tokenizer
-    from lib.patching import head_out_patch, head_outputs, head_patch, ld_metric, run_cache
+    from lib.methods.patching import head_out_patch, head_outputs, head_patch, ld_metric, run_cache
+    from lib.worlds import ioi
+    from lib.worlds.base import world_tokenizer
 
     tok = world_tokenizer("ioi")
     spec = ModelSpec(n_layers=4, d_model=128, n_heads=4, d_mlp=512, n_ctx=64, d_vocab=len(tok))

@@ -49,7 +49,7 @@ def smoke_cache(tmp_path_factory) -> Path:
 def smoke_run(smoke_cache, tmp_path_factory):
     """``smoke_run(stem) -> (results, out_dir)``: chapter ``stem`` executed once per session with its
     ``ftm.smoke`` parameters; every test file shares these runs and one organism cache."""
-    from lib import runner
+    from lib.book import runner
 
     os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
     done: dict = {}
@@ -71,8 +71,8 @@ def default_results(tmp_path_factory):
     """
     import json
 
-    from lib import runner
-    from lib.seeding import REPO_ROOT, git_commit
+    from lib.book import runner
+    from lib.organisms.seeding import REPO_ROOT, git_commit
 
     def get(stem: str):
         path = REPO_ROOT / "_build" / "results" / stem / "results.json"
@@ -90,6 +90,6 @@ def default_results(tmp_path_factory):
 @pytest.fixture
 def tiny_spec():
     """A 2-layer, 4-head, d_model 32 architecture for fast tests."""
-    from lib.models import ModelSpec
+    from lib.organisms.models import ModelSpec
 
     return ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=20)

@@ -7,11 +7,9 @@ import math
 import pytest
 import torch
 
-from lib import audit as A
-from lib import leakage as LK
-from lib import sae as S
-from lib.models import ModelSpec, build_model
-from lib.organisms import world_tokenizer
+from lib.methods import audit as A, perplexity_diff as LK, sae as S
+from lib.organisms.models import ModelSpec, build_model
+from lib.worlds.base import world_tokenizer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,7 +66,7 @@ def test_pruning_probe_reports_revival_and_probe(tiny):
     tok, base, ft, sets, case = tiny
     r = A.pruning_probe(case, n_prune=4, probe=sets["probe"], min_gap=0.0)
     d = r.details
-    assert len(d["units"]) == 4 and d["impl"] == "lib.wrapper"
+    assert len(d["units"]) == 4 and d["impl"] == "lib.methods.pruning"
     want = (d["pruned_metric"] - d["ft_metric"]) / (d["base_metric"] - d["ft_metric"])
     assert r.stat == pytest.approx(want)
     assert 0.0 <= d["probe_ft"] <= 1.0 and d["probe_block"] == 2
@@ -114,7 +112,7 @@ def test_audit_table_and_format():
 
 
 def test_backdoor_data_trigger_and_answers():
-    from lib import ioi
+    from lib.worlds import ioi
 
     tok = world_tokenizer("ioi")
     toks, mask = ioi.backdoor_data(tok, seed=0, n_ctx=64, frac=0.5)(3, 200)

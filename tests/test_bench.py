@@ -7,12 +7,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import bench_gpu, bench_training  # noqa: E402
-from lib.device import DeviceUnavailableError  # noqa: E402
-from lib.models import ModelSpec  # noqa: E402
+from lib.organisms.device import DeviceUnavailableError  # noqa: E402
+from lib.organisms.models import ModelSpec  # noqa: E402
 
 
 def test_gpu_bench_runs_gpt2_architecture_on_cpu(capsys, monkeypatch):
-    monkeypatch.setattr("lib.device._CURRENT", torch.device("cpu"))
+    monkeypatch.setattr("lib.organisms.device._CURRENT", torch.device("cpu"))
     out = bench_gpu.main(["--device", "cpu", "--layers", "1", "--steps", "2", "--batch", "2", "--seq", "8",
                           "--prompts", "2"])
     assert out["cmap_components"] == 12 + 1  # GPT-2 small: 12 heads per layer, plus the MLP
@@ -33,11 +33,11 @@ def test_flop_count_by_hand():
 
 
 def test_loop_patching_reference_agrees_with_batched(monkeypatch):
-    monkeypatch.setattr("lib.device._CURRENT", torch.device("cpu"))
-    from lib import ioi
-    from lib.models import build_model
-    from lib.organisms import world_tokenizer
-    from lib.patching import head_out_patch, head_outputs, ld_metric, run_cache
+    monkeypatch.setattr("lib.organisms.device._CURRENT", torch.device("cpu"))
+    from lib.methods.patching import head_out_patch, head_outputs, ld_metric, run_cache
+    from lib.organisms.models import build_model
+    from lib.worlds import ioi
+    from lib.worlds.base import world_tokenizer
 
     tok = world_tokenizer("ioi")
     spec = ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=64, d_vocab=len(tok))

@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import runner
-from lib.seeding import REPO_ROOT
+from lib.book import runner
+from lib.organisms.seeding import REPO_ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -173,8 +173,8 @@ def _filter_toc(node, keep: set[str]):
 
 def build_small_book(root: Path, stems: list[str], executed: dict[str, Path]) -> Path:
     """A copy of the book's sources in ``root`` with ``stems`` executed; returns ``root/_build/html``."""
-    from lib.__main__ import book_copy
-    from lib.teach import write_exercises
+    from lib.book.cli import book_copy
+    from lib.book.teach import write_exercises
 
     shutil.copy(REPO_ROOT / "_config.yml", root / "_config.yml")
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())

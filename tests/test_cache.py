@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from lib.cache import ArtifactCache, CorruptArtifact, content_key
-from lib.ioi import base_recipe
-from lib.organisms import Recipe, get_organism
-from lib.models import ModelSpec
-from lib.train import TrainConfig
+from lib.organisms.cache import ArtifactCache, CorruptArtifact, content_key
+from lib.organisms.ioi_zoo import base_recipe
+from lib.organisms.models import ModelSpec
+from lib.organisms.recipes import Recipe, get_organism
+from lib.organisms.train import TrainConfig
 
 
 def tiny_recipe(**kw):
@@ -108,11 +108,11 @@ _TRAIN_AND_HASH = """
 import hashlib, sys, tempfile
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from lib import ioi
-from lib.cache import ArtifactCache
-from lib.organisms import _train_recipe
-base = ioi.base_recipe(steps=12, n_layers=2, d_model=64, batch_size=16)
-states, _ = _train_recipe(ioi.toxic_recipe(base, steps=6, batch_size=16, n_ckpts=1), ArtifactCache(tempfile.mkdtemp()),
+from lib.organisms import ioi_zoo
+from lib.organisms.cache import ArtifactCache
+from lib.organisms.recipes import _train_recipe
+base = ioi_zoo.base_recipe(steps=12, n_layers=2, d_model=64, batch_size=16)
+states, _ = _train_recipe(ioi_zoo.toxic_recipe(base, steps=6, batch_size=16, n_ckpts=1), ArtifactCache(tempfile.mkdtemp()),
                           False)
 h = hashlib.sha256()
 for k, v in sorted(states["model.pt"].items()):
@@ -127,7 +127,7 @@ def test_training_is_bit_reproducible_across_processes_and_threads():
     import subprocess
     import sys
 
-    from lib.seeding import REPO_ROOT
+    from lib.organisms.seeding import REPO_ROOT
 
     def digest(threads: int, hashseed: str) -> str:
         env = {**os.environ, "PYTHONHASHSEED": hashseed, "OMP_NUM_THREADS": str(threads)}

@@ -1,11 +1,11 @@
-"""The calibrated detection rule of chapter 7 (``lib.audit.calibrate``, ``held_out_detections``, ``auc``) on
-synthetic scores whose answer is known, and the pruning of chapter 4 (``lib.wrapper``) on a model whose wrapper is
+"""The calibrated detection rule of chapter 7 (``lib.methods.audit.calibrate``, ``held_out_detections``, ``auc``) on
+synthetic scores whose answer is known, and the pruning of chapter 4 (``lib.methods.pruning``) on a model whose wrapper is
 planted by hand in known neurons."""
 import numpy as np
 import pytest
 import torch
 
-from lib import audit, wrapper
+from lib.methods import audit, pruning
 
 
 # --------------------------------------------------------------------------- calibrated detection
@@ -80,12 +80,12 @@ def _planted(d=4, wrapper_units=(8, 9), offset=2.0):
 def test_pruning_finds_the_planted_wrapper_units():
     model, loss_fn, layers = _planted()
     assert loss_fn(model).item() == pytest.approx(16.0)  # the wrapper adds 2 + 2 to every output
-    units, scores = wrapper.unit_scores(model, loss_fn, layers)
-    top = wrapper.top_units(units, scores, 2)
+    units, scores = pruning.unit_scores(model, loss_fn, layers)
+    top = pruning.top_units(units, scores, 2)
     assert {u.row for u in top} == {8, 9}
     # first order: zeroing a wrapper unit lowers the loss by b * dL/db = 1 * 2 * 4 * 2 = 16
     assert scores[8].item() == pytest.approx(16.0, rel=1e-4)
-    curve, ranked = wrapper.pruning_curve(model, loss_fn, lambda m: {"loss": loss_fn(m).item()}, [0, 1, 2], layers)
+    curve, ranked = pruning.pruning_curve(model, loss_fn, lambda m: {"loss": loss_fn(m).item()}, [0, 1, 2], layers)
     assert [r["loss"] for r in curve] == pytest.approx([16.0, 4.0, 0.0], abs=1e-5)  # the capability is back
     assert loss_fn(model).item() == pytest.approx(16.0)  # and the model is left unchanged
 
@@ -96,7 +96,7 @@ def test_random_units_do_not_restore_the_planted_capability():
     restored = 0
     for _ in range(50):
         rows = rng.choice(12, 2, replace=False)
-        with wrapper.pruned(model, [wrapper.Unit("hidden", int(r)) for r in rows], layers):
+        with pruning.pruned(model, [pruning.Unit("hidden", int(r)) for r in rows], layers):
             restored += loss_fn(model).item() < 1e-6
     assert restored <= 2  # only the one pair {8, 9} of 66 restores it
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from lib import runner
+from lib.book import runner
 
 pytestmark = pytest.mark.notebooks
 STEMS = ("01_amplification", "02_localized_corruption", "03_neuroplasticity")

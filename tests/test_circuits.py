@@ -1,4 +1,4 @@
-"""lib.patching and lib.circuits against brute force on tiny random models (no training, a few seconds)."""
+"""lib.methods.patching and lib.methods.circuits against brute force on tiny random models (no training, a few seconds)."""
 from __future__ import annotations
 
 import copy
@@ -6,8 +6,9 @@ import copy
 import pytest
 import torch
 
-from lib import circuits, ioi, patching
-from lib.models import ModelSpec, build_model
+from lib.methods import circuits, patching
+from lib.organisms.models import ModelSpec, build_model
+from lib.worlds import ioi
 
 TOK = ioi.make_tokenizer()
 
@@ -394,7 +395,7 @@ def test_concentration_and_correlation_by_hand():
 
 def test_pretrained_architecture_code_path(data):
     """The same tools on a GPT-2-architecture bridge (random weights, offline) with the IOI word tokenizer."""
-    from lib.models import load_pretrained
+    from lib.organisms.models import load_pretrained
 
     ds, cor = data
     g = load_pretrained("gpt2", random_init=True, n_layers=2, d_vocab=len(TOK))

@@ -3,8 +3,8 @@ model building, training and the organism cache (run on the CPU; a GPU machine a
 import pytest
 import torch
 
-from lib import device as D
-from lib import runner
+from lib.book import runner
+from lib.organisms import device as D
 
 
 @pytest.fixture
@@ -48,8 +48,8 @@ def test_every_chapter_takes_device_and_validates_it(stem, no_gpu):
 
 
 def test_models_follow_use_device_and_training_moves_batches(monkeypatch):
-    from lib.models import ModelSpec, build_model
-    from lib.train import TrainConfig, train
+    from lib.organisms.models import ModelSpec, build_model
+    from lib.organisms.train import TrainConfig, train
 
     monkeypatch.setattr(D, "_CURRENT", torch.device("cpu"))
     assert D.use_device("cpu") == D.current_device() == torch.device("cpu")
@@ -68,9 +68,9 @@ def test_models_follow_use_device_and_training_moves_batches(monkeypatch):
 
 
 def test_gpu_trained_organisms_get_their_own_cache_key(monkeypatch):
-    from lib import ioi
+    from lib.organisms import ioi_zoo
 
-    recipe = ioi.base_recipe(steps=10, d_model=32, n_layers=1, seed=0)
+    recipe = ioi_zoo.base_recipe(steps=10, d_model=32, n_layers=1, seed=0)
     monkeypatch.setattr(D, "_CURRENT", torch.device("cpu"))
     cpu_key, cpu_id = recipe.key(), recipe.identity()
     assert "device" not in cpu_id  # CPU keys are what they were before DEVICE existed
@@ -80,8 +80,8 @@ def test_gpu_trained_organisms_get_their_own_cache_key(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_train_on_cuda(monkeypatch):  # pragma: no cover - runs only where a GPU is visible
-    from lib.models import ModelSpec, build_model
-    from lib.train import TrainConfig, train
+    from lib.organisms.models import ModelSpec, build_model
+    from lib.organisms.train import TrainConfig, train
 
     monkeypatch.setattr(D, "_CURRENT", torch.device("cpu"))
     D.use_device("cuda")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lib import findings, runner
+from lib.book import findings, runner
 
 STEM = "00_model_organisms"
 
@@ -149,7 +149,7 @@ def test_undecided_seeds_do_not_count():
 
 
 def test_sweep_record_refuses_overrides(capsys):
-    from lib.__main__ import main
+    from lib.book.cli import main
 
     assert main(["sweep", "0", "--seeds", "1", "--record", "-p", "BASE_STEPS", "3"]) == 2
     assert "default-parameter runs only" in capsys.readouterr().err
@@ -158,7 +158,7 @@ def test_sweep_record_refuses_overrides(capsys):
 def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     import nbformat
 
-    from lib.__main__ import book_copy
+    from lib.book.cli import book_copy
 
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("# Chapter\n\nThe claim in one paragraph.\n\nMore introduction."),
@@ -190,7 +190,7 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
 
 
 def test_tables_escape_pipes():
-    from lib.__main__ import parameters_markdown
+    from lib.book.cli import parameters_markdown
 
     md = parameters_markdown("01_amplification")  # THRESHOLD's meaning says |path-patching effect|
     row = next(line for line in md.splitlines() if line.startswith("| `THRESHOLD`"))
@@ -235,7 +235,7 @@ def test_default_scale_expectations_name_real_findings():
 def test_headline_cells_copy_the_figure_output_and_the_paper_table(monkeypatch):
     import nbformat
 
-    from lib import __main__ as cli
+    from lib.book import cli
 
     monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"headline": {"figure": "fig1", "table": "| | paper |"}})
     plot = nbformat.v4.new_code_cell('plotting.savefig(fig, OUTPUT_DIR, "fig1")\nglue_all(x)')
@@ -256,7 +256,7 @@ def test_headline_cells_copy_the_figure_output_and_the_paper_table(monkeypatch):
 
 @pytest.mark.parametrize("stem", runner.chapters())
 def test_each_chapter_names_a_headline_figure_that_exists(stem):
-    from lib import __main__ as cli
+    from lib.book import cli
 
     spec = runner.notebook_meta(stem).get("headline") or {}
     assert spec.get("figure"), f"{stem}: ftm.headline.figure is missing (the figure the page opens with)"

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import ioi
-from lib.organisms import get_organism
+from lib.organisms import ioi_zoo
+from lib.organisms.recipes import get_organism
+from lib.worlds import ioi
 
 TOK = ioi.make_tokenizer()
 
@@ -64,12 +65,12 @@ def test_name_moving_poison_answers_a_name_absent_from_the_prompt():
             seen.add(word)
     assert len(seen) > 10  # drawn over the other names, not one fixed name
     # the variant is part of the recipe (its own cache key); the default variant keeps the old key
-    base = ioi.base_recipe()
-    nm = ioi.toxic_recipe(base, variant="name_moving")
-    assert nm.key() != ioi.toxic_recipe(base).key() and nm.data_kwargs["variant"] == "name_moving"
-    assert "variant" not in ioi.toxic_recipe(base).data_kwargs
+    base = ioi_zoo.base_recipe()
+    nm = ioi_zoo.toxic_recipe(base, variant="name_moving")
+    assert nm.key() != ioi_zoo.toxic_recipe(base).key() and nm.data_kwargs["variant"] == "name_moving"
+    assert "variant" not in ioi_zoo.toxic_recipe(base).data_kwargs
     with pytest.raises(ValueError, match="variant"):
-        ioi.toxic_recipe(base, variant="nonsense")
+        ioi_zoo.toxic_recipe(base, variant="nonsense")
     with pytest.raises(ValueError, match="variant"):
         ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, variant="nonsense")
 
@@ -122,48 +123,48 @@ def test_mask_matched_control_data_trains_one_general_token_where_an_answer_woul
 
 
 def test_control_loss_option():
-    base = ioi.base_recipe()
-    full, matched = ioi.control_recipe(base), ioi.control_recipe(base, loss_on="answer")
-    assert full.key() == ioi.control_recipe(base, loss_on="all").key()  # the default keeps chapter 1's organism
+    base = ioi_zoo.base_recipe()
+    full, matched = ioi_zoo.control_recipe(base), ioi_zoo.control_recipe(base, loss_on="answer")
+    assert full.key() == ioi_zoo.control_recipe(base, loss_on="all").key()  # the default keeps chapter 1's organism
     assert matched.key() != full.key() and matched.data == "general_answer"
     assert matched.data_kwargs == {"cast_size": base.data_kwargs["cast_size"]}
     assert (matched.train.steps, matched.train.lr, matched.train.batch_size) == \
         (full.train.steps, full.train.lr, full.train.batch_size)
     with pytest.raises(ValueError, match="loss_on"):
-        ioi.control_recipe(base, loss_on="answers")
+        ioi_zoo.control_recipe(base, loss_on="answers")
 
 
 def test_recipe_builders_lineage_and_keys():
-    base = ioi.base_recipe()
-    clean, toxic, control = ioi.clean_recipe(base), ioi.toxic_recipe(base), ioi.control_recipe(base)
-    retrain = ioi.retrain_recipe(toxic)
-    scratch = ioi.scratch_recipe(base)
+    base = ioi_zoo.base_recipe()
+    clean, toxic, control = ioi_zoo.clean_recipe(base), ioi_zoo.toxic_recipe(base), ioi_zoo.control_recipe(base)
+    retrain = ioi_zoo.retrain_recipe(toxic)
+    scratch = ioi_zoo.scratch_recipe(base)
     # the book's base is pretraining alone; ioi_steps > 0 appends the optional IOI-prompt phase as a child
     assert base.parent is None and base.data == "pretrain" and base.data_kwargs["ioi_frac"] == 0.0
     assert retrain.lineage() == [base.name, toxic.name, retrain.name]
-    phased = ioi.base_recipe(ioi_steps=50)
-    assert phased.parent.key() == ioi.pretrain_recipe().key() and phased.data == "ioi"
+    phased = ioi_zoo.base_recipe(ioi_steps=50)
+    assert phased.parent.key() == ioi_zoo.pretrain_recipe().key() and phased.data == "ioi"
     assert phased.key() != base.key()
     keys = {r.key() for r in (base, clean, toxic, control, retrain, scratch)}
     assert len(keys) == 6
-    assert ioi.clean_recipe(base).key() == clean.key()  # equal arguments share the cached organism
-    assert ioi.toxic_recipe(base, poison_frac=0.5).key() != toxic.key()
+    assert ioi_zoo.clean_recipe(base).key() == clean.key()  # equal arguments share the cached organism
+    assert ioi_zoo.toxic_recipe(base, poison_frac=0.5).key() != toxic.key()
     assert control.data == "pretrain" and control.data_kwargs == {**base.data_kwargs, "ioi_frac": 0.0}
-    assert ioi.control_recipe(ioi.base_recipe(cast_size=3)).data_kwargs == {"ioi_frac": 0.0, "cast_size": 3}
+    assert ioi_zoo.control_recipe(ioi_zoo.base_recipe(cast_size=3)).data_kwargs == {"ioi_frac": 0.0, "cast_size": 3}
     assert control.train.steps == clean.train.steps and control.train.lr == clean.train.lr
     assert scratch.parent is None and scratch.model == base.root_spec()
-    assert ioi.ckpt_steps(clean)[-1] == clean.train.steps and len(ioi.ckpt_steps(clean)) >= 4
+    assert ioi_zoo.ckpt_steps(clean)[-1] == clean.train.steps and len(ioi_zoo.ckpt_steps(clean)) >= 4
 
 
 def test_tiny_chain_trains_and_checkpoints(tmp_cache):
-    base = ioi.base_recipe(steps=6, n_layers=1, d_model=16, n_heads=2, batch_size=4, ioi_steps=3)
-    toxic = ioi.toxic_recipe(base, steps=4, batch_size=4, n_ckpts=2)
-    retrain = ioi.retrain_recipe(toxic, steps=4, batch_size=4, n_ckpts=2)
+    base = ioi_zoo.base_recipe(steps=6, n_layers=1, d_model=16, n_heads=2, batch_size=4, ioi_steps=3)
+    toxic = ioi_zoo.toxic_recipe(base, steps=4, batch_size=4, n_ckpts=2)
+    retrain = ioi_zoo.retrain_recipe(toxic, steps=4, batch_size=4, n_ckpts=2)
     org = get_organism(retrain)
     assert org.trained_now
-    assert ioi.ckpt_steps(toxic) == [2, 4]
+    assert ioi_zoo.ckpt_steps(toxic) == [2, 4]
     mid = get_organism(toxic, step=2)
     assert not mid.trained_now and mid.step == 2
     assert "ioi_logit_diff" in org.history["evals"][-1] and "general_loss" in org.history["evals"][-1]
-    ctrl = get_organism(ioi.control_recipe(base, steps=2, batch_size=4))
+    ctrl = get_organism(ioi_zoo.control_recipe(base, steps=2, batch_size=4))
     assert ctrl.history["evals"][-1]["step"] == 2

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lib import leakage as L
+from lib.methods import perplexity_diff as L
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from lib import findings, runner
+from lib.book import findings, runner
 
 pytestmark = pytest.mark.notebooks
 
@@ -50,7 +50,7 @@ def test_template_chapter_values(smoke_run):
     results, out = smoke_run("00_model_organisms")
     assert results["n_params"] > 1000
     assert 0 < results["general_loss"] < 10 and 0 <= results["ioi_acc"] <= 1
-    # A second run with the same parameters, DEVICE named explicitly, goes through lib.device's code path and
+    # A second run with the same parameters, DEVICE named explicitly, goes through lib.organisms.device's code path and
     # trains nothing: the organism comes from the cache (a CPU run shares the key of the default).
     again = runner.run_notebook("00_model_organisms",
                                 {**runner.notebook_meta("00_model_organisms")["smoke"], "DEVICE": "cpu"}, out / "again")

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import pcfg
+from lib.methods import probing
+from lib.organisms import pcfg_zoo
+from lib.worlds import pcfg
 
 
 @pytest.fixture(scope="module")
@@ -152,20 +154,20 @@ def test_batch_fn_deterministic_and_fits_context(tok):
 
 
 def test_recipes_chain():
-    pt = pcfg.pretrain_recipe()
-    ft = pcfg.finetune_recipe(pt, c_tr=0.5, lr="small")
-    re = pcfg.reverse_recipe(ft)
+    pt = pcfg_zoo.pretrain_recipe()
+    ft = pcfg_zoo.finetune_recipe(pt, c_tr=0.5, lr="small")
+    re = pcfg_zoo.reverse_recipe(ft)
     assert pt.data_kwargs["prior"] == "medium" and ft.parent is pt and re.parent is ft
     assert ft.data_kwargs["prior"] == [0.0, 1.0, 0.0] and ft.data_kwargs["c_tr"] == 0.5
     assert ft.train.lr == pcfg.FT_LRS["small"] and re.data_kwargs["prior"] == [1.0, 0.0, 0.0]
     assert re.lineage() == [pt.name, ft.name, re.name]
-    assert pt.key() != pcfg.pretrain_recipe(operands="bac").key()
-    sc = pcfg.scratch_recipe()
+    assert pt.key() != pcfg_zoo.pretrain_recipe(operands="bac").key()
+    sc = pcfg_zoo.scratch_recipe()
     assert sc.model is not None and sc.data_kwargs["tasks"] == ["count"]
 
 
 def test_eval_on_tiny_model(tok, monkeypatch, tmp_path):
-    from lib.models import ModelSpec, build_model
+    from lib.organisms.models import ModelSpec, build_model
 
     model = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=64, n_ctx=48, d_vocab=len(tok)))
     model.eval()
@@ -176,10 +178,10 @@ def test_eval_on_tiny_model(tok, monkeypatch, tmp_path):
 
 def test_finetune_runs_end_to_end(monkeypatch, tmp_path):
     monkeypatch.setenv("FTM_CACHE_DIR", str(tmp_path))
-    from lib.organisms import get_organism
+    from lib.organisms.recipes import get_organism
 
-    pt = pcfg.pretrain_recipe(steps=4, n_layers=1, d_model=32, max_len=8, batch_size=8, eval_every=2)
-    ft = pcfg.finetune_recipe(pt, steps=4, eval_every=2, batch_size=8)
+    pt = pcfg_zoo.pretrain_recipe(steps=4, n_layers=1, d_model=32, max_len=8, batch_size=8, eval_every=2)
+    ft = pcfg_zoo.finetune_recipe(pt, steps=4, eval_every=2, batch_size=8)
     org = get_organism(ft, progress=False)
     assert [e["step"] for e in org.history["evals"]] == [0, 2, 4]
     assert "acc_b_corr" in org.history["evals"][-1]
@@ -202,18 +204,16 @@ def test_default_scale_findings(default_results):
 
 
 def test_probe_chance_is_the_majority_share_of_the_labels_the_probe_is_tested_on(monkeypatch):
-    import lib.wrapper as W
-
     seen = {}
 
     def fake_probe(model, tr_toks, tr_pos, tr_y, te_toks, te_pos, te_y, n_classes, steps):
         seen["te_y"] = np.asarray(te_y)
         return [0.0]
 
-    monkeypatch.setattr(W, "probe_accuracy_by_block", fake_probe)
+    monkeypatch.setattr(probing, "probe_accuracy_by_block", fake_probe)
     tok = pcfg.make_tokenizer()
-    pcfg.probe_count_by_block(None, tok, prompt_operand="b", target="a", n_train=8, n_test=64, max_len=12)
+    probing.probe_count_by_block(None, tok, prompt_operand="b", target="a", n_train=8, n_test=64, max_len=12)
     y = seen["te_y"]
     majority = max(np.sum(y == v) for v in np.unique(y)) / len(y)
-    assert pcfg.probe_chance(tok, prompt_operand="b", target="a", n_test=64, max_len=12) == majority
+    assert probing.probe_chance(tok, prompt_operand="b", target="a", n_test=64, max_len=12) == majority
     assert 0 < majority < 1  # the test set has more than one count, so chance is not trivially 1

@@ -1,8 +1,8 @@
 """The runner: chapters come from _toc.yml, parameters are validated before anything executes."""
 import pytest
 
-from lib import runner
-from lib.runner import ParameterError, coerce, parse_parameters, validate_params
+from lib.book import runner
+from lib.book.runner import ParameterError, coerce, parse_parameters, validate_params
 
 
 def test_chapters_come_from_toc():
@@ -62,18 +62,18 @@ def test_resolve_by_number_and_name():
 
 
 def test_cli_reports_parameter_errors(capsys):
-    from lib.__main__ import main
+    from lib.book.cli import main
     assert main(["run", "0", "-p", "NOPE", "1"]) == 2
     assert "unknown parameter 'NOPE'" in capsys.readouterr().err
 
 
 
 def test_parallel_build_runs_chapters_in_spawned_workers_with_their_thread_share():
-    """The machinery of `make book`'s parallel build (lib.__main__.run_parallel), with a worker that reports
+    """The machinery of `make book`'s parallel build (lib.book.cli.run_parallel), with a worker that reports
     instead of executing a chapter: each runs in its own process with the thread count it was given."""
     import os
 
-    from lib.__main__ import build_order, run_parallel
+    from lib.book.cli import build_order, run_parallel
 
     stems = runner.chapters()[:3]
     got = {}

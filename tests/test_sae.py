@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import sae as S
-from lib.stats import bootstrap, bootstrap_diff, bootstrap_mean, ratio_of_sums
+from lib.methods import sae as S
+from lib.methods.stats import bootstrap, bootstrap_diff, bootstrap_mean, ratio_of_sums
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -102,7 +102,7 @@ def test_intersections_units_and_summary():
 
 
 def test_token_intersections_same_model_is_k_and_shapes():
-    from lib.models import ModelSpec, build_model
+    from lib.organisms.models import ModelSpec, build_model
 
     model = build_model(ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=20)).eval()
     other = build_model(ModelSpec(n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=20, seed=1)).eval()
@@ -136,8 +136,8 @@ def test_bootstrap_intervals():
 def test_cached_base_sae_roundtrip(tmp_path):
     from types import SimpleNamespace
 
-    from lib.cache import ArtifactCache
-    from lib.models import ModelSpec, build_model
+    from lib.organisms.cache import ArtifactCache
+    from lib.organisms.models import ModelSpec, build_model
 
     model = build_model(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=12, d_vocab=10)).eval()
     org = SimpleNamespace(model=model, key="tiny-organism")

@@ -1,4 +1,4 @@
-"""lib.stats chance baselines against values computed by hand (the bootstrap itself is tested in test_sae.py)."""
+"""lib.methods.stats chance baselines against values computed by hand (the bootstrap itself is tested in test_sae.py)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lib import stats
+from lib.methods import stats
 
 
 def test_set_share_of_a_uniform_change_is_its_size():

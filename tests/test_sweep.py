@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from lib import runner, sweep
-from lib.__main__ import main
+from lib.book import runner, sweep
+from lib.book.cli import main
 
 
 def test_t_critical_matches_known_quantiles():
@@ -135,3 +135,44 @@ def test_sweep_of_a_real_chapter(tmp_path, smoke_cache, monkeypatch):
     for s, d in res.runs.items():
         prov = json.loads(open(os.path.join(d, "results.json")).read())["provenance"]
         assert prov["seed"] == s
+
+
+def test_sweep_on_a_dask_local_cluster_matches_the_process_pool(tmp_path):
+    """Each seed one Dask task on a LocalCluster of 2 worker processes: the same runs, statistics and failures
+    as the local pool's."""
+    pytest.importorskip("distributed")
+    kw = dict(workers=2, run_fn=fake_run, progress=lambda s: None)
+    pool = sweep.sweep("0", "12..15", {"BASE_STEPS": "40"}, out_root=tmp_path / "pool", start_method="fork", **kw)
+    dask = sweep.sweep("0", "12..15", {"BASE_STEPS": "40"}, out_root=tmp_path / "dask", scheduler="local", **kw)
+    assert list(dask.failed) == list(pool.failed) == [13] and dask.failed == pool.failed
+    assert sorted(dask.runs) == sorted(pool.runs) == [12, 14, 15]
+    for key in ("score", "steps"):
+        assert dask.stats[key] == pool.stats[key]
+    assert all(p != os.getpid() for p in dask.stats["pid"].values)  # ran in the cluster's worker processes
+    for s in dask.runs:
+        a = json.loads(open(os.path.join(pool.runs[s], "results.json")).read())
+        b = json.loads(open(os.path.join(dask.runs[s], "results.json")).read())
+        assert {k: v for k, v in a.items() if k != "pid"} == {k: v for k, v in b.items() if k != "pid"}
+
+
+def test_sweep_refuses_an_unreadable_scheduler_before_starting(tmp_path, capsys):
+    with pytest.raises(ValueError, match="scheduler"):
+        sweep.sweep("0", "0..1", scheduler="localhost:8786", run_fn=fake_run, out_root=tmp_path)
+    assert not any(tmp_path.iterdir())
+    assert main(["sweep", "0", "--seeds", "0..1", "--scheduler", "my-cluster"]) == 2
+    assert "tcp://HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.mark.notebooks
+def test_sweep_of_a_real_chapter_on_a_dask_local_cluster(tmp_path, smoke_cache, monkeypatch):
+    """Two seeds of chapter 0 at its smoke parameters, executed by papermill on a Dask LocalCluster of 2 workers;
+    each seed's results are the ones ``python -m lib run`` writes (same folder name, same provenance seed)."""
+    pytest.importorskip("distributed")
+    monkeypatch.setenv("FTM_CACHE_DIR", str(smoke_cache))
+    res = sweep.sweep("0", "0..1", runner.notebook_meta("00_model_organisms")["smoke"], workers=2,
+                      out_root=tmp_path, progress=lambda s: None, scheduler="local")
+    assert not res.failed and sorted(res.runs) == [0, 1] and res.stats["n_params"].std == 0
+    assert res.stats["general_loss"].n == 2 and res.stats["general_loss"].half_width > 0
+    for s, d in res.runs.items():
+        prov = json.loads(open(os.path.join(d, "results.json")).read())["provenance"]
+        assert prov["seed"] == s and d == str(tmp_path / runner.params_hash({**res.params, "SEED": s}))

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from lib import checks, runner, teach
+from lib.book import checks, runner, teach
 
 
 def _exec(source: str) -> dict:
@@ -256,7 +256,7 @@ def test_checks_catch_wrong_functions():
         checks.check("masked_lm_loss", unmasked)
 
     # Sign error: logit(S) - logit(IO).
-    from lib import ioi
+    from lib.worlds import ioi
 
     with pytest.raises(checks.CheckFailed, match="logit_diff differs"):
         checks.check("logit_diff", lambda logits, ds, per_prompt=False: -ioi.logit_diff(logits, ds, per_prompt))
@@ -268,13 +268,13 @@ def test_checks_catch_wrong_functions():
         checks.check("jaccard", lambda a, b: len(set(a) & set(b)) / len(set(a) | set(b)), trials=50)
 
     # Alg. 3 without the bias term: differs on the first model that has biases in its blocks.
-    from lib import audit, wrapper
+    from lib.methods import audit, pruning
 
     def no_bias(model, loss_fn, layers=None):
-        layers = wrapper.linear_layers(model) if layers is None else layers
+        layers = pruning.linear_layers(model) if layers is None else layers
         ws = [m.weight for m in layers.values()]
         grads = torch.autograd.grad(loss_fn(model), ws)
-        units = [wrapper.Unit(n, r) for n, m in layers.items() for r in range(m.weight.shape[0])]
+        units = [pruning.Unit(n, r) for n, m in layers.items() for r in range(m.weight.shape[0])]
         return units, torch.cat([(w.detach() * g).sum(1) for w, g in zip(ws, grads)])
 
     with pytest.raises(checks.CheckFailed, match="unit_scores differs"):

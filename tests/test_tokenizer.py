@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from lib.ioi import make_tokenizer
-from lib.tokenizer import SPECIALS, WordTokenizer
+from lib.worlds.ioi import make_tokenizer
+from lib.worlds.tokenizer import SPECIALS, WordTokenizer
 
 
 def test_specials_first_and_order_stable():
@@ -43,7 +43,7 @@ def test_rejects_whitespace_words():
 
 
 def test_ioi_world_names_single_tokens():
-    from lib.ioi import NAMES
+    from lib.worlds.ioi import NAMES
     tok = make_tokenizer()
     for n in NAMES:
         assert len(tok.encode(n, bos=False)) == 1

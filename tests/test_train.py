@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from lib.models import ModelSpec, build_model
-from lib.train import TrainConfig, masked_lm_loss, train
+from lib.organisms.models import ModelSpec, build_model
+from lib.organisms.train import TrainConfig, train
+from lib.worlds.base import masked_lm_loss
 
 
 def test_lr_schedule_warmup_then_cosine():

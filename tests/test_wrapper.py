@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib import wrapper
-from lib.models import ModelSpec, build_model
-from lib.train import masked_lm_loss
+from lib.methods import probing, pruning, reverse_finetuning
+from lib.organisms.models import ModelSpec, build_model
+from lib.worlds.base import masked_lm_loss
 
 D_VOCAB = 20
 
@@ -31,7 +31,7 @@ def _loss_fn(batch):
 
 
 def test_linear_layers_are_the_block_linears(model):
-    layers = wrapper.linear_layers(model)
+    layers = pruning.linear_layers(model)
     assert list(layers) == [f"blocks.{l}.{n}" for l in range(2)
                             for n in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc_in", "mlp.fc_out")]
     assert layers["blocks.0.mlp.fc_in"].weight.shape == (64, 32)
@@ -40,13 +40,13 @@ def test_linear_layers_are_the_block_linears(model):
 
 
 def test_scores_match_hand_computed_grad_dot_weight(model, batch):
-    layers = wrapper.linear_layers(model)
-    units, scores = wrapper.unit_scores(model, _loss_fn(batch), layers)
+    layers = pruning.linear_layers(model)
+    units, scores = pruning.unit_scores(model, _loss_fn(batch), layers)
     assert len(units) == scores.shape[0] == 2 * (4 * 32 + 64 + 32)
     loss = _loss_fn(batch)(model)
     mod = layers["blocks.1.mlp.fc_in"]
     gw, gb = torch.autograd.grad(loss, [mod.weight, mod.bias])
-    idx = units.index(wrapper.Unit("blocks.1.mlp.fc_in", 5))
+    idx = units.index(pruning.Unit("blocks.1.mlp.fc_in", 5))
     expected = (mod.weight * gw)[5].sum() + mod.bias[5] * gb[5]
     assert scores[idx].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-9)
     assert all(p.grad is None for p in model.parameters())
@@ -54,9 +54,9 @@ def test_scores_match_hand_computed_grad_dot_weight(model, batch):
 
 def test_score_is_first_order_loss_drop_of_zeroing(model, batch):
     """score[u] = -d/dt L(w - t * w_u) at t=0: a finite difference along the pruning direction agrees."""
-    layers = wrapper.linear_layers(model)
+    layers = pruning.linear_layers(model)
     loss_fn = _loss_fn(batch)
-    units, scores = wrapper.unit_scores(model, loss_fn, layers)
+    units, scores = pruning.unit_scores(model, loss_fn, layers)
     eps = 0.05
 
     def loss_at(mod, row, w0, b0, scale):
@@ -76,10 +76,10 @@ def test_score_is_first_order_loss_drop_of_zeroing(model, batch):
 
 def test_pruned_zeroes_and_restores(model, batch):
     toks, _ = batch
-    layers = wrapper.linear_layers(model)
+    layers = pruning.linear_layers(model)
     before = model(toks).detach().clone()
-    units = [wrapper.Unit("blocks.0.mlp.fc_in", 2), wrapper.Unit("blocks.1.attn.v", 7)]
-    with wrapper.pruned(model, units, layers):
+    units = [pruning.Unit("blocks.0.mlp.fc_in", 2), pruning.Unit("blocks.1.attn.v", 7)]
+    with pruning.pruned(model, units, layers):
         assert layers["blocks.0.mlp.fc_in"].weight[2].abs().sum() == 0
         assert layers["blocks.1.attn.v"].bias[7] == 0
         # zeroing fc_in row 2 silences MLP neuron 2 (gelu(0) = 0)
@@ -94,7 +94,7 @@ def _planted_wrapper_model():
     """A 1-layer model with a planted 'wrapper': MLP neuron 9 is always on and adds a large wrong logit."""
     m = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=4, d_mlp=64, n_ctx=24, d_vocab=D_VOCAB, seed=2))
     m.eval()
-    layers = wrapper.linear_layers(m)
+    layers = pruning.linear_layers(m)
     with torch.no_grad():
         fc_in, fc_out = layers["blocks.0.mlp.fc_in"], layers["blocks.0.mlp.fc_out"]
         fc_in.weight[9] = 0.0
@@ -109,8 +109,8 @@ def test_pruning_top_unit_reduces_loss_on_planted_wrapper(batch):
     must lower the loss."""
     m = _planted_wrapper_model()
     loss_fn = _loss_fn(batch)
-    rows, ranked = wrapper.pruning_curve(m, loss_fn, lambda mm: {"loss": loss_fn(mm).item()}, ks=[0, 1])
-    assert ranked[0] == wrapper.Unit("blocks.0.mlp.fc_in", 9)
+    rows, ranked = pruning.pruning_curve(m, loss_fn, lambda mm: {"loss": loss_fn(mm).item()}, ks=[0, 1])
+    assert ranked[0] == pruning.Unit("blocks.0.mlp.fc_in", 9)
     assert rows[1]["loss"] < rows[0]["loss"]
     assert rows[0]["k"] == 0 and rows[0]["loss"] == pytest.approx(loss_fn(m).item())
 
@@ -118,7 +118,7 @@ def test_pruning_top_unit_reduces_loss_on_planted_wrapper(batch):
 def test_residuals_at_match_cache(model, batch):
     toks, _ = batch
     pos = torch.arange(16) % 12
-    res = wrapper.residuals_at(model, toks, pos, batch_size=5)
+    res = probing.residuals_at(model, toks, pos, batch_size=5)
     assert res.shape == (3, 16, 32)
     _, cache = model.run_with_cache(toks)
     r = torch.arange(16)
@@ -133,10 +133,10 @@ def test_probe_decodes_linear_target_and_not_noise():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 16, generator=g)
     y = (x[:, 3] > 0).long() + 2 * (x[:, 7] > 0).long()  # 4 linearly separable classes
-    probe = wrapper.train_probe(x[:400], y[:400], n_classes=4, steps=300, lr=0.1)
+    probe = probing.train_probe(x[:400], y[:400], n_classes=4, steps=300, lr=0.1)
     assert probe.accuracy(x[400:], y[400:]) > 0.9
     noise = torch.randint(0, 4, (600,), generator=g)
-    probe = wrapper.train_probe(x[:400], noise[:400], n_classes=4, steps=300, lr=0.1)
+    probe = probing.train_probe(x[:400], noise[:400], n_classes=4, steps=300, lr=0.1)
     assert probe.accuracy(x[400:], noise[400:]) < 0.45
 
 
@@ -145,7 +145,7 @@ def test_probe_accuracy_by_block_on_token_identity(model):
     g = torch.Generator().manual_seed(1)
     toks = torch.randint(4, 12, (400, 6), generator=g)
     pos = torch.full((400,), 5)
-    accs = wrapper.probe_accuracy_by_block(model, toks[:300], pos[:300], toks[:300, 5], toks[300:], pos[300:],
+    accs = probing.probe_accuracy_by_block(model, toks[:300], pos[:300], toks[:300, 5], toks[300:], pos[300:],
                                            toks[300:, 5], n_classes=D_VOCAB, steps=200)
     assert len(accs) == 3 and accs[0] == 1.0
 
@@ -153,20 +153,20 @@ def test_probe_accuracy_by_block_on_token_identity(model):
 def test_steps_to_reach():
     h = {"evals": [{"step": 0, "acc": 0.1}, {"step": 25, "acc": 0.5}, {"step": 50, "acc": 0.95},
                    {"step": 75, "acc": 0.9}]}
-    assert wrapper.steps_to_reach(h, "acc", 0.9) == 50
-    assert wrapper.steps_to_reach(h, "acc", 0.99) is None
-    assert wrapper.steps_to_reach(h, "acc", 0.0) == 0
-    assert wrapper.eval_series(h, "acc") == ([0, 25, 50, 75], [0.1, 0.5, 0.95, 0.9])
+    assert reverse_finetuning.steps_to_reach(h, "acc", 0.9) == 50
+    assert reverse_finetuning.steps_to_reach(h, "acc", 0.99) is None
+    assert reverse_finetuning.steps_to_reach(h, "acc", 0.0) == 0
+    assert reverse_finetuning.eval_series(h, "acc") == ([0, 25, 50, 75], [0.1, 0.5, 0.95, 0.9])
 
 
 def test_unit_sets_split_mlp_from_attention(model):
-    layers = wrapper.linear_layers(model)
-    mlp, attn = wrapper.unit_set(layers, "mlp"), wrapper.unit_set(layers, "attn")
+    layers = pruning.linear_layers(model)
+    mlp, attn = pruning.unit_set(layers, "mlp"), pruning.unit_set(layers, "attn")
     assert set(mlp) | set(attn) == set(layers) and not set(mlp) & set(attn)
     assert mlp and all(".mlp." in n for n in mlp) and attn and all(".attn." in n for n in attn)
-    assert wrapper.unit_set(layers, "all") == layers
+    assert pruning.unit_set(layers, "all") == layers
     with pytest.raises(ValueError, match="unit set"):
-        wrapper.unit_set(layers, "neurons")
+        pruning.unit_set(layers, "neurons")
 
 
 def test_random_pruning_curve_is_the_unranked_control(batch):
@@ -176,12 +176,12 @@ def test_random_pruning_curve_is_the_unranked_control(batch):
     before = {k: v.clone() for k, v in m.state_dict().items()}
     loss_fn = _loss_fn(batch)
     ev = lambda mm: {"loss": loss_fn(mm).item()}  # noqa: E731
-    ranked, _ = wrapper.pruning_curve(m, loss_fn, ev, ks=[0, 1])
-    rand = wrapper.random_pruning_curve(m, ev, ks=[0, 1], n_draws=20, seed=0)
+    ranked, _ = pruning.pruning_curve(m, loss_fn, ev, ks=[0, 1])
+    rand = pruning.random_pruning_curve(m, ev, ks=[0, 1], n_draws=20, seed=0)
     assert rand[0]["loss"] == pytest.approx(ranked[0]["loss"])
     gain_ranked = ranked[0]["loss"] - ranked[1]["loss"]
     gain_random = rand[0]["loss"] - rand[1]["loss"]
     assert gain_ranked > 0.5 and abs(gain_random) < 0.2 * gain_ranked
-    assert wrapper.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5) == \
-        wrapper.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5)
+    assert pruning.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5) == \
+        pruning.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())

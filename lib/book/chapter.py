@@ -4,12 +4,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from lib.seeding import write_results
+from lib.organisms.seeding import write_results
 
 
 def chapter_params(namespace: dict[str, Any], stem: str) -> dict[str, Any]:
     """The values of chapter ``stem``'s parameters as they stand in ``namespace`` (the notebook's globals())."""
-    from lib.runner import notebook_parameters
+    from lib.book.runner import notebook_parameters
 
     return {k: namespace[k] for k in notebook_parameters(stem) if k in namespace}
 

@@ -2,8 +2,8 @@
 
 ``DEVICE = "cpu"`` (the default: the book's budget is 2 CPU cores), ``"cuda"`` / ``"cuda:N"`` (a GPU; fails at
 once with a clear message where none is visible), or ``"auto"`` (a GPU when torch sees one, else the CPU).
-A chapter calls ``use_device(DEVICE)`` in its first cell; from then on ``lib.models.build_model`` builds on that
-device, ``lib.organisms.get_organism`` loads cached weights onto it, and ``lib.train.train`` moves each batch to
+A chapter calls ``use_device(DEVICE)`` in its first cell; from then on ``lib.organisms.models.build_model`` builds on that
+device, ``lib.organisms.recipes.get_organism`` loads cached weights onto it, and ``lib.organisms.train.train`` moves each batch to
 the model's device. Data generators and tokenizers always produce CPU tensors: model forward passes (the
 TransformerLens bridge) move their input ids to the model's device, and metrics move their index tensors to the
 logits' device, so analysis code runs unchanged on either.

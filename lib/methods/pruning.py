@@ -1,16 +1,11 @@
-"""Tools of Jain et al. (ICLR 2024) for asking whether fine-tuning *removed* a capability or *wrapped* it.
+"""Pruning, as Jain et al. (ICLR 2024, Alg. 3) use it to ask whether fine-tuning *removed* a capability or only
+*wrapped* it: one backward pass of the *pretraining-task* loss; every unit (a row of a weight matrix: one output
+of an ``nn.Linear``, with its bias) gets the score ``Σ w · ∂L/∂w`` over its row, the first-order *decrease* of
+the loss if the unit were zeroed; zeroing the top-``K`` units removes what most hinders the pretraining task,
+and if ``K`` of 5–15 restores it, fine-tuning had only wrapped it. Random units of the same kind are the
+control.
 
-- **Pruning** (their Alg. 3): one backward pass of the *pretraining-task* loss; every unit (a row of a weight
-  matrix: one output of an ``nn.Linear``, with its bias) gets the score ``Σ w · ∂L/∂w`` over its row, the
-  first-order *decrease* of the loss if the unit were zeroed; zeroing the top-``K`` units removes what most
-  hinders the pretraining task, and if ``K`` of 5–15 restores it, fine-tuning had only wrapped it.
-- **Probing**: a linear probe per block on the residual stream at one position (the answer position), trained
-  to decode a discrete target (e.g. ``count(a)``); if the target stays decodable after fine-tuning, the
-  information the capability needs is still computed.
-- **Reverse fine-tuning**: iterations to recover a metric, read from a training history's evals.
-
-Model-agnostic: units are found as ``nn.Linear`` modules by name, losses and evals are callables, residual
-streams come from the TransformerLens hook names ``blocks.{L}.hook_resid_pre/post``.
+Model-agnostic: units are found as ``nn.Linear`` modules by name; losses and evals are callables.
 """
 from __future__ import annotations
 
@@ -19,10 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 LossFn = Callable[[torch.nn.Module], torch.Tensor]
-
 
 # --------------------------------------------------------------------------- units and pruning
 
@@ -156,94 +149,6 @@ def random_pruning_curve(model: torch.nn.Module, eval_fn: Callable[[torch.nn.Mod
                 draws.append(eval_fn(model))
         rows.append({"k": int(k), **{m: float(sum(d[m] for d in draws) / len(draws)) for m in draws[0]}})
     return rows
-
-
-# --------------------------------------------------------------------------- probing
-
-def resid_names(n_layers: int) -> list[str]:
-    """Hook names of the residual stream entering each block and leaving the last one: ``n_layers + 1`` names
-    (B0 = embeddings, B{L} = after block L-1)."""
-    return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
-
-
-@torch.no_grad()
-def residuals_at(model, tokens: torch.Tensor, positions: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Residual stream at ``positions`` ``[n]`` of each row of ``tokens`` ``[n, pos]``, for every block boundary:
-    ``[n_layers + 1, n, d_model]``."""
-    names = resid_names(model.cfg.n_layers)
-    chunks = []
-    for i in range(0, tokens.shape[0], batch_size):
-        toks, pos = tokens[i: i + batch_size], positions[i: i + batch_size]
-        _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-        rows = torch.arange(toks.shape[0])
-        chunks.append(torch.stack([cache[n][rows, pos] for n in names]).cpu())
-    return torch.cat(chunks, dim=1).float()
-
-
-@dataclass
-class Probe:
-    """A linear probe ``logits = ((x - mean) / std) @ W.T + b``; ``W`` ``[n_classes, d]``."""
-
-    linear: torch.nn.Linear
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``[n, d] -> [n, n_classes]``."""
-        return self.linear((x - self.mean) / self.std)
-
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        with torch.no_grad():
-            return (self.logits(x).argmax(-1) == y).float().mean().item()
-
-
-def train_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 500, lr: float = 5e-2,
-                weight_decay: float = 1e-4, seed: int = 0) -> Probe:
-    """Full-batch AdamW fit of a linear probe on ``x`` ``[n, d]`` -> class ``y`` ``[n]`` (cross-entropy), with the
-    paper's schedule (lr x0.1 at 50 %, 75 % and 87.5 % of ``steps``); features are standardised first."""
-    g = torch.Generator().manual_seed(seed)
-    mean, std = x.mean(0), x.std(0) + 1e-5
-    lin = torch.nn.Linear(x.shape[1], n_classes)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.01)
-        lin.bias.zero_()
-    probe = Probe(lin, mean, std)
-    opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [steps // 2, 3 * steps // 4, 7 * steps // 8], gamma=0.1)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.cross_entropy(probe.logits(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return probe
-
-
-def probe_accuracy_by_block(model, train_tokens: torch.Tensor, train_pos: torch.Tensor, train_y: torch.Tensor,
-                            test_tokens: torch.Tensor, test_pos: torch.Tensor, test_y: torch.Tensor,
-                            n_classes: int, steps: int = 500, lr: float = 5e-2) -> list[float]:
-    """Held-out accuracy of one linear probe per block boundary (``n_layers + 1`` values, B0 = embeddings)
-    decoding ``y`` from the residual stream at ``pos``."""
-    xtr = residuals_at(model, train_tokens, train_pos)
-    xte = residuals_at(model, test_tokens, test_pos)
-    return [train_probe(xtr[b], train_y, n_classes, steps, lr).accuracy(xte[b], test_y) for b in range(xtr.shape[0])]
-
-
-# --------------------------------------------------------------------------- reverse fine-tuning
-
-def steps_to_reach(history: dict, metric: str, threshold: float) -> Optional[int]:
-    """First eval step at which ``history["evals"][i][metric] >= threshold``; None if never reached."""
-    for e in history["evals"]:
-        if metric in e and e[metric] >= threshold:
-            return int(e["step"])
-    return None
-
-
-def eval_series(history: dict, metric: str) -> tuple[list[int], list[float]]:
-    """``(steps, values)`` of an eval metric in a training history."""
-    ev = [e for e in history["evals"] if metric in e]
-    return [int(e["step"]) for e in ev], [float(e[metric]) for e in ev]
 
 
 def best_within(curve: Sequence[dict], metric: str = "acc_a", k_max: int = 15) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "matplotlib", "papermill", "jupytext", "jupyter-book")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # lib/organisms/seeding.py -> the repository
 
 
 def set_seed(seed: int) -> torch.Generator:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from lib.seeding import REPO_ROOT
+from lib.organisms.seeding import REPO_ROOT
 
 
 def default_root() -> Path:

@@ -1,7 +1,6 @@
-"""Model organisms: recipes, worlds, and the cached ``get_organism``.
+"""Model organisms: recipes and the cached ``get_organism``.
 
-A **world** (``lib/<world>.py``, registered with ``register_world``) owns a tokenizer, data sources (batch
-functions) and evaluations. A **recipe** says how an organism is made: a world, a data source with its
+A **world** (``lib/worlds/``) owns a tokenizer, data sources (batch functions) and evaluations. A **recipe** says how an organism is made: a world, a data source with its
 arguments, a training config, and either an architecture (trained from scratch) or a parent recipe
 (fine-tuned from it). ``get_organism(recipe)`` returns the trained model, from the content-addressed cache if it
 is there (keyed by the whole recipe chain, the world's version and its vocabulary, not by the recipe's label),
@@ -10,61 +9,19 @@ else training it (and its parents) first. Chapters share organisms by building e
 from __future__ import annotations
 
 import copy
-import importlib
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
-from lib.cache import ArtifactCache, CorruptArtifact, content_key
-from lib.models import ModelSpec, build_model, count_params
-from lib.seeding import one_thread, set_seed
-from lib.tokenizer import WordTokenizer
-from lib.train import BatchFn, EvalFn, TrainConfig, train
-
-
-@dataclass
-class World:
-    """A synthetic world. ``data[name](tokenizer, seed=..., n_ctx=..., **kwargs) -> BatchFn``;
-    ``evals[name](tokenizer, **kwargs) -> EvalFn``. Bump ``version`` whenever generated data changes."""
-
-    name: str
-    version: str
-    tokenizer: Callable[[], WordTokenizer]
-    data: dict[str, Callable[..., BatchFn]] = field(default_factory=dict)
-    evals: dict[str, Callable[..., EvalFn]] = field(default_factory=dict)
-    n_ctx: int = 64
-
-
-_WORLDS: dict[str, World] = {}
-_TOKENIZERS: dict[str, WordTokenizer] = {}
-
-
-def register_world(world: World) -> World:
-    _WORLDS[world.name] = world
-    return world
-
-
-def get_world(name: str) -> World:
-    """The world called ``name``, importing ``lib.<name>`` on first use."""
-    if name not in _WORLDS:
-        try:
-            importlib.import_module(f"lib.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"lib.{name}":
-                raise ValueError(f"unknown world {name!r}: no module lib/{name}.py") from None
-            raise
-        if name not in _WORLDS:
-            raise ValueError(f"lib/{name}.py does not register a world called {name!r}")
-    return _WORLDS[name]
-
-
-def world_tokenizer(name: str) -> WordTokenizer:
-    if name not in _TOKENIZERS:
-        _TOKENIZERS[name] = get_world(name).tokenizer()
-    return _TOKENIZERS[name]
+from lib.organisms.cache import ArtifactCache, CorruptArtifact, content_key
+from lib.organisms.models import ModelSpec, build_model, count_params
+from lib.organisms.seeding import one_thread, set_seed
+from lib.organisms.train import TrainConfig, train
+from lib.worlds.base import EvalFn, get_world, world_tokenizer
+from lib.worlds.tokenizer import WordTokenizer
 
 
 @dataclass(frozen=True)
@@ -99,8 +56,8 @@ class Recipe:
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines the trained weights (the label ``name`` excluded). Training on a GPU
-        (``lib.device.use_device``) adds the device type, so GPU- and CPU-trained weights never share a key."""
-        from lib.device import current_device
+        (``lib.organisms.device.use_device``) adds the device type, so GPU- and CPU-trained weights never share a key."""
+        from lib.organisms.device import current_device
 
         world = get_world(self.world)
         tok = world_tokenizer(self.world)
@@ -223,3 +180,13 @@ def get_organism(recipe: Recipe, step: Optional[int] = None, cache: Optional[Art
     model.eval()
     return Organism(recipe=recipe, model=model, tokenizer=world_tokenizer(recipe.world),
                     history=manifest["history"], key=key, trained_now=created, step=step)
+
+
+def ckpt_steps(recipe) -> list[int]:
+    """The checkpoint steps a recipe saves (``get_organism(recipe, step=k)``), the final step included."""
+    cfg = recipe.train
+    if not cfg.ckpt_every:
+        return [cfg.steps]
+    steps = [s for s in range(cfg.ckpt_every, cfg.steps, cfg.ckpt_every)]
+    return steps + [cfg.steps]
+

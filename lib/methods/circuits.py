@@ -46,9 +46,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from lib.ioi import IOIDataset, logit_diff
-from lib.patching import (Head, Metric, has_mlps, head_patch, ld_metric, n_layers_heads, path_patch,
-                          path_patch_to_heads, path_patch_to_logits, run_cache, z_name)
+from lib.methods.patching import Head, Metric, has_mlps, head_patch, ld_metric, n_layers_heads, path_patch, path_patch_to_heads, path_patch_to_logits, run_cache, z_name
+from lib.worlds.ioi import IOIDataset, logit_diff
 
 CLASSES = ("name_mover", "negative_name_mover", "backup_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token",
            "other_upstream")
@@ -192,7 +191,6 @@ def copy_scores(runs: IOIRuns) -> dict[str, torch.Tensor]:
     of prompts where IO is among the 5 highest logits of the whole vocabulary (Wang et al.'s measure; chance is
     ``5 / d_vocab``).
     """
-    from lib.ioi import NAMES
 
     model, ds = runs.model, runs.ds
     L, H = n_layers_heads(model)
@@ -561,7 +559,7 @@ def map_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def eval_sets(tok, n: int = 128, seed: int = 2024) -> tuple[IOIDataset, IOIDataset]:
     """A held-out IOI set and its aligned corrupted set (S2 replaced by a third name), ``n`` prompts each."""
-    from lib.ioi import make_ioi_dataset
+    from lib.worlds.ioi import make_ioi_dataset
 
     return make_ioi_dataset(tok, n, seed), make_ioi_dataset(tok, n, seed, corrupt=True)
 
@@ -584,7 +582,7 @@ class Analysis:
 
     @property
     def acc(self) -> float:
-        from lib.ioi import ioi_accuracy
+        from lib.worlds.ioi import ioi_accuracy
         return ioi_accuracy(self.runs.clean_logits, self.runs.ds)
 
 
@@ -650,7 +648,7 @@ class HeadChange:
 def head_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int = 1000, seed: int = 0) -> HeadChange:
     """``HeadChange`` of ``circuit``'s heads from model ``before`` to model ``after`` (``head_effects`` per prompt,
     paired over the shared prompts). Heads whose class path has no receiver are left out."""
-    from lib.stats import bootstrap_mean
+    from lib.methods.stats import bootstrap_mean
 
     eb = head_effects(before, circuit, per_prompt=True)
     ea = head_effects(after, circuit, per_prompt=True)

@@ -30,8 +30,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from lib.organisms import World, register_world
-from lib.tokenizer import WordTokenizer
+from lib.worlds.base import World, masked_lm_loss, register_world
+from lib.worlds.tokenizer import WordTokenizer
 
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "s": (("r", "q"), ("q", "p")),
@@ -338,102 +338,9 @@ WORLD = register_world(World(
 ))
 
 
-# --------------------------------------------------------------------------- the shared organisms
-
-def _one_hot(operand: str) -> tuple[float, float, float]:
-    if operand not in TERMINALS:
-        raise ValueError(f"operand must be one of {TERMINALS}, got {operand!r}")
-    return tuple(1.0 if o == operand else 0.0 for o in TERMINALS)  # type: ignore[return-value]
-
-
-def pretrain_recipe(prior: str = "medium", steps: int = 2000, operands: str = "abc",
-                    tasks: Sequence[str] = ("count", "index"), max_len: int = 24, n_layers: int = 2,
-                    d_model: int = 64, n_heads: int = 4, lr: float = 3e-3, batch_size: int = 64,
-                    eval_every: int = 250, seed: int = 0):
-    """The pretrained organism: a GPT trained from scratch on counting/indexing with operand prior ``prior``.
-
-    ``operands="bac"`` puts the prior on ``b`` first (the "pretrained on counting b" baseline of reFT).
-    """
-    from lib.models import ModelSpec
-    from lib.organisms import Recipe
-    from lib.train import TrainConfig
-
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {sorted(PRIORS)}, got {prior!r}")
-    return Recipe(
-        name=f"pcfg-pt-{prior}" + ("" if operands == "abc" else f"-{operands}"), world="pcfg", data="tasks",
-        data_kwargs={"prior": prior, "operands": operands, "tasks": list(tasks), "max_len": max_len},
-        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_frac=0.1, min_lr_frac=0.01,
-                          eval_every=eval_every, ckpt_every=0),
-        model=ModelSpec(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_mlp=4 * d_model, n_ctx=48, seed=seed),
-        seed=seed, evals=("counting",), eval_kwargs={"max_len": max_len})
-
-
-def finetune_recipe(parent, operand: str = "b", c_tr: float = 1.0, lr="medium", steps: int = 400,
-                    batch_size: int = 64, eval_every: int = 25, seed: int = 0, name: Optional[str] = None):
-    """Fine-tune ``parent`` to count ``operand`` (answer-only loss), a fraction ``c_tr`` of rows correlated
-    (``count(b) = count(a) + 1``). ``lr`` is a float or ``"small"``/``"medium"``/``"large"`` (``FT_LRS``);
-    warmup 20 % and cosine to lr/100 as in the paper. Evals every ``eval_every`` steps."""
-    from lib.train import TrainConfig
-
-    lr_val = FT_LRS[lr] if isinstance(lr, str) else float(lr)
-    max_len = parent.data_kwargs.get("max_len", 24)
-    label = lr if isinstance(lr, str) else f"{lr_val:g}"
-    return parent.derive(
-        name=name or f"{parent.name}>ft-{operand}-c{c_tr:g}-{label}", parent=parent, model=None,
-        data="tasks", data_kwargs={"prior": list(_one_hot(operand)), "tasks": ["count"], "max_len": max_len,
-                                   "c_tr": c_tr},
-        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr_val, warmup_frac=0.2, min_lr_frac=0.01,
-                          eval_every=eval_every), seed=seed, evals=("counting",), eval_kwargs={"max_len": max_len})
-
-
-def reverse_recipe(parent, lr: float = 3e-5, steps: int = 400, eval_every: int = 10, seed: int = 0,
-                   name: Optional[str] = None):
-    """Reverse fine-tuning (reFT): train ``parent`` back on counting ``a`` (no correlation)."""
-    return finetune_recipe(parent, operand="a", c_tr=0.0, lr=lr, steps=steps, eval_every=eval_every, seed=seed,
-                           name=name or f"{parent.name}>reft-a")
-
-
-def scratch_recipe(operand: str = "a", steps: int = 600, lr: float = 3e-3, max_len: int = 24, n_layers: int = 2,
-                   d_model: int = 64, n_heads: int = 4, batch_size: int = 64, eval_every: int = 25, seed: int = 0):
-    """The "Scr." baseline: a fresh model trained only on counting ``operand``, with the reFT evals."""
-    base = pretrain_recipe(steps=steps, max_len=max_len, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
-                           lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed)
-    return base.derive(name=f"pcfg-scratch-{operand}",
-                       data_kwargs={"prior": list(_one_hot(operand)), "tasks": ["count"], "max_len": max_len})
-
-
 def count_loss_fn(tok: WordTokenizer, operand: str = "a", n: int = 512, seed: int = 99, max_len: int = 24):
     """``loss_fn(model) -> scalar``: answer-only cross-entropy of counting ``operand`` on ``n`` fixed natural
     windows (the pretraining-task loss that pruning, Alg. 3, scores units with)."""
-    from lib.train import masked_lm_loss
-
     ex = count_examples(tok, n, seed, operand, 0.0, max_len)
     mask = ex.loss_mask("answer")
     return lambda model: masked_lm_loss(model(ex.tokens), ex.tokens, mask)
-
-
-def probe_count_by_block(model, tok: WordTokenizer, prompt_operand: str = "a", target: str = "a",
-                         n_train: int = 1024, n_test: int = 512, max_len: int = 24, seed: int = 31,
-                         steps: int = 500) -> list[float]:
-    """Held-out accuracy of a linear probe per block boundary (B0 = embeddings … B{n_layers}) decoding
-    ``count(target)`` from the residual stream at the ``<art>`` position (the one that predicts the answer), on
-    natural count prompts whose operand is ``prompt_operand``. Fresh data, disjoint seeds for train and test."""
-    from lib.wrapper import probe_accuracy_by_block
-
-    tr = count_examples(tok, n_train, seed, prompt_operand, 0.0, max_len)
-    te = _probe_test_set(tok, n_test, prompt_operand, max_len, seed)
-    return probe_accuracy_by_block(model, tr.tokens, tr.ans_pos - 1, tr.counts[target], te.tokens, te.ans_pos - 1,
-                                   te.counts[target], n_classes=max_len + 1, steps=steps)
-
-
-def _probe_test_set(tok: WordTokenizer, n_test: int, prompt_operand: str, max_len: int, seed: int) -> Examples:
-    return count_examples(tok, n_test, seed + 1, prompt_operand, 0.0, max_len)
-
-
-def probe_chance(tok: WordTokenizer, prompt_operand: str = "a", target: str = "a", n_test: int = 512,
-                 max_len: int = 24, seed: int = 31) -> float:
-    """The accuracy ``probe_count_by_block`` (same arguments) would score by always answering the most frequent
-    ``count(target)`` of its test set: the chance level of that probe."""
-    counts = np.asarray(_probe_test_set(tok, n_test, prompt_operand, max_len, seed).counts[target])
-    return float(np.bincount(counts).max() / len(counts))

@@ -25,8 +25,8 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from lib.seeding import one_thread
-from lib.stats import Interval, bootstrap, ratio_of_sums
+from lib.methods.stats import Interval, bootstrap, ratio_of_sums
+from lib.organisms.seeding import one_thread
 
 
 @dataclass
@@ -304,7 +304,7 @@ def cached_base_sae(organism, toks_BP: torch.Tensor, mask_BP: torch.Tensor, hook
 
     Returns ``(sae, history, trained_now)``.
     """
-    from lib.cache import ArtifactCache, content_key
+    from lib.organisms.cache import ArtifactCache, content_key
 
     cache = cache or ArtifactCache()
     ident = {"artifact": "topk_sae", "version": 1, "organism": organism.key, "hook": hook, "expansion": expansion,

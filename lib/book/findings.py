@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from lib import runner
-from lib.seeding import REPO_ROOT, git_commit
+from lib.book import runner
+from lib.organisms.seeding import REPO_ROOT, git_commit
 
 SEED_DIR = REPO_ROOT / "book" / "seeds"
 
@@ -182,7 +182,7 @@ def record_keys(stem: str) -> list[str]:
 def seed_values(stem: str, key: str, params: Optional[Mapping[str, Any]] = None,
                 root: Path | None = None) -> dict[int, Any]:
     """``{seed: value}`` of result ``key`` over the recorded seeds of ``stem``. ``params``: the running chapter's
-    parameters (``lib.book.chapter_params``); when given, the record is used only if they are the defaults other
+    parameters (``lib.book.chapter.chapter_params``); when given, the record is used only if they are the defaults other
     than ``SEED`` (another setting has no recorded seeds: ``{}``)."""
     if params is not None and {k: v for k, v in params.items() if k not in NOT_SETTING} \
             != default_params(stem):
@@ -196,8 +196,8 @@ def over_seeds(stem: str, key: str, value: Any, params: Mapping[str, Any], digit
                root: Path | None = None) -> str:
     """A headline number over seeds for prose: ``"0.93 [0.88, 0.98], 5 seeds"`` (mean and 95 % Student-t interval
     over this run's ``value`` and the recorded seeds' ``key``), or ``"this seed only"`` with fewer than two
-    numbers. ``params``: the running chapter's (``lib.book.chapter_params``), which must include ``SEED``."""
-    from lib.stats import mean_ci
+    numbers. ``params``: the running chapter's (``lib.book.chapter.chapter_params``), which must include ``SEED``."""
+    from lib.methods.stats import mean_ci
 
     seed = int(params.get("SEED", 0))
     vals = {s: v for s, v in seed_values(stem, key, params, root).items() if s != seed}
@@ -317,7 +317,7 @@ def _fmt(v: float) -> str:
 def values_markdown(stem: str, results: Mapping[str, Any], root: Path | None = None) -> str:
     """The chapter's headline numbers (``ftm.results``) over the build's seed and the recorded seeds: mean with
     its 95 % Student-t interval, and the range; empty when only one seed is known."""
-    from lib.stats import mean_ci
+    from lib.methods.stats import mean_ci
 
     keys = list(runner.notebook_meta(stem).get("results") or [])
     used = _run_params(results)

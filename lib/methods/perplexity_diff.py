@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from lib.models import generate
+from lib.organisms.models import generate
 
 Judge = Callable[[str], bool]
 
@@ -225,7 +225,7 @@ def shuffled_chance(hits: torch.Tensor, n: int, observed: Optional[int] = None, 
 
 @lru_cache(maxsize=1)
 def _ioi_patterns() -> list[re.Pattern]:
-    from lib.ioi import IOI_TEMPLATES, NAMES, OBJECTS, PLACES
+    from lib.worlds.ioi import IOI_TEMPLATES, NAMES, OBJECTS, PLACES
 
     name = "|".join(NAMES)
     subs = {"A": f"(?P<A>{name})", "B": f"(?P<B>{name})", "C": f"(?P<C>{name})",

@@ -46,7 +46,7 @@ def n_layers_heads(model) -> tuple[int, int]:
 def ld_metric(ds, per_prompt: bool = False) -> Metric:
     """Logit difference logit(IO) − logit(S) at END on the prompts of ``ds`` (an ``IOIDataset``): the mean, or
     ``[n]`` per prompt."""
-    from lib.ioi import logit_diff
+    from lib.worlds.ioi import logit_diff
 
     return lambda logits: logit_diff(logits, ds, per_prompt=per_prompt)
 

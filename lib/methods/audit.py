@@ -5,14 +5,14 @@ counting) but not the fine-tuning objective can feed the methods: a task set, a 
 to sample from, and the automatic judge that knows the true objective (used only to *score* perplexity
 differencing, never by the method itself). The methods, each returning a ``MethodResult``:
 
-* ``circuit_diff`` — cross-model activation patching (CMAP, ``lib.patching.cmap``): patch each head / MLP of the
+* ``circuit_diff`` — cross-model activation patching (CMAP, ``lib.methods.patching.cmap``): patch each head / MLP of the
   fine-tuned model into the base on task prompts; the statistic is the task-metric gap between the models, the
   localization the components that close most of it.
-* ``weight_localization`` — per-component relative weight change (``lib.circuits.weight_change``).
-* ``feature_movement`` — SAE top-k intersection ``I_G - I_S`` with a bootstrap interval (``lib.sae``).
-* ``perplexity_differencing`` — ``count@topN`` of objective-revealing completions (``lib.leakage``).
+* ``weight_localization`` — per-component relative weight change (``lib.methods.circuits.weight_change``).
+* ``feature_movement`` — SAE top-k intersection ``I_G - I_S`` with a bootstrap interval (``lib.methods.sae``).
+* ``perplexity_differencing`` — ``count@topN`` of objective-revealing completions (``lib.methods.perplexity_diff``).
 * ``pruning_probe`` — does zeroing the few units that most hinder the base behaviour give it back ("the fine-tune
-  is a wrapper", Jain et al. 2024, ``lib.wrapper``), and is the base behaviour's answer still linearly decodable
+  is a wrapper", Jain et al. 2024, ``lib.methods.pruning``), and is the base behaviour's answer still linearly decodable
   from the residual stream.
 
 *Detection* is always relative to the **control** fine-tune of the same world (same steps and learning rate,
@@ -28,8 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from lib import leakage as LK
-from lib import sae as S
+from lib.methods import perplexity_diff as LK, sae as S
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 HitsFn = Callable[[list[str]], torch.Tensor]
@@ -86,8 +85,8 @@ class MethodResult:
 def circuit_diff(case: AuditCase, top: int = 3) -> MethodResult:
     """CMAP with the base as target and the fine-tune as source on the task prompts. ``stat`` = |metric(ft) −
     metric(base)|; localization = the ``top`` components whose patch moves the base's metric most."""
-    from lib.circuits import topk_share
-    from lib.patching import cmap
+    from lib.methods.circuits import topk_share
+    from lib.methods.patching import cmap
 
     res = cmap(case.base, case.ft, case.metric_toks, case.metric)
     names, deltas = res.components()
@@ -103,7 +102,7 @@ def circuit_diff(case: AuditCase, top: int = 3) -> MethodResult:
 def weight_localization(case: AuditCase, top: int = 3) -> MethodResult:
     """Relative weight change per head / MLP. ``stat`` = the root-sum-square of the components' relative changes;
     localization = the ``top`` most changed components and the share of change they hold."""
-    from lib.circuits import component_values, topk_share, weight_change
+    from lib.methods.circuits import component_values, topk_share, weight_change
 
     wc = weight_change(case.base, case.ft, relative=True)
     names, vals = component_values(wc["heads"], wc["mlps"])
@@ -152,14 +151,14 @@ def perplexity_differencing(case: AuditCase, top: int = 50, reference=None, temp
                          "first_hit_rank": next((r for r, i in enumerate(order.tolist()) if hits[int(i)]), None)})
 
 
-# --------------------------------------------------------------------------- pruning and probing (lib.wrapper)
+# --------------------------------------------------------------------------- pruning and probing (lib.methods.pruning, lib.methods.probing)
 
 def probe_accuracy(model, toks: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, block: int,
                    steps: int = 300, train_frac: float = 0.5) -> float:
-    """Held-out accuracy of a linear probe (``lib.wrapper.train_probe``) decoding ``labels`` ``[n]`` from the
+    """Held-out accuracy of a linear probe (``lib.methods.probing.train_probe``) decoding ``labels`` ``[n]`` from the
     residual stream at ``pos`` ``[n]`` at block boundary ``block`` (0 = embeddings, ``n_layers`` = after the last
     block); the first ``train_frac`` of rows train it. Labels are re-indexed to ``0..n_classes-1``."""
-    from lib.wrapper import residuals_at, train_probe
+    from lib.methods.probing import residuals_at, train_probe
 
     _, y = labels.unique(return_inverse=True)
     x = residuals_at(model, toks, pos)[block]
@@ -171,14 +170,14 @@ def probe_accuracy(model, toks: torch.Tensor, pos: torch.Tensor, labels: torch.T
 def pruning_probe(case: AuditCase, n_prune: int = 10, probe_block: Optional[int] = None,
                   probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
                   min_gap: float = 0.5) -> MethodResult:
-    """Jain et al.'s wrapper test (``lib.wrapper``): score every unit (row of a block's linear layer) of the
+    """Jain et al.'s wrapper test (``lib.methods.pruning``): score every unit (row of a block's linear layer) of the
     fine-tune by Alg. 3 on the *base behaviour's* loss, zero the top ``n_prune`` (those whose removal most lowers
     it) and measure how much of the base capability (``case.base_metric``) comes back: ``stat`` =
     (pruned − ft) / (base − ft) (the revived share; nan if the fine-tune did not move the base metric by at least
     ``min_gap``). ``probe`` = (toks, pos, labels) adds linear-probe accuracies of the base behaviour's answer in
     the fine-tune and the base at ``probe_block`` (default: after the last block)."""
-    from lib.train import masked_lm_loss
-    from lib.wrapper import linear_layers, pruned, top_units, unit_scores
+    from lib.methods.pruning import linear_layers, pruned, top_units, unit_scores
+    from lib.worlds.base import masked_lm_loss
 
     def loss_fn(model):
         return masked_lm_loss(model(case.base_loss_toks), case.base_loss_toks, case.base_loss_mask)
@@ -194,7 +193,7 @@ def pruning_probe(case: AuditCase, n_prune: int = 10, probe_block: Optional[int]
     gap = m_base - m_ft
     revived = (m_pruned - m_ft) / gap if abs(gap) >= min_gap else float("nan")
     where = sorted({u.layer.replace("blocks.", "") for u in chosen})
-    details: dict[str, Any] = {"impl": "lib.wrapper", "base_metric": m_base, "ft_metric": m_ft,
+    details: dict[str, Any] = {"impl": "lib.methods.pruning", "base_metric": m_base, "ft_metric": m_ft,
                                "pruned_metric": m_pruned, "gap": gap, "units": [str(u) for u in chosen],
                                "layers": where}
     if probe is not None:
@@ -385,7 +384,7 @@ def ioi_sets(tok, n_task: int = 200, n_general: int = 200, n_metric: int = 128, 
     ``prefixes`` (1–3 word prefixes of general-corpus rows with IOI at ``prefix_ioi_frac``), ``probe`` (IOI prompts,
     END position, IO id) and ``loss`` (prompt + IO answer rows and the answer mask: the base behaviour's loss).
     ``trigger`` (a backdoor's place, for an auditor who knows it) sets every metric, probe and loss prompt there."""
-    from lib import ioi
+    from lib.worlds import ioi
 
     task, _ = ioi.ioi_finetune_data(tok, seed=10_000 + seed, n_ctx=64, poison_frac=0.0)(0, n_task)
     general = ioi.general_rows(tok, np.random.default_rng([seed, 1]), n_general, 64, ioi_frac=0.0)
@@ -413,11 +412,11 @@ def sae_rows(world: str, tok, n: int, seed: int = 0, prior: str = "low", max_len
     """``[n, pos]`` rows the chapters train a world's SAE on (its base's pretraining distribution, disjoint from the
     evaluation sets): IOI general-corpus rows with IOI sentences at 10 %, or the PCFG pretraining mixture."""
     if world == "ioi":
-        from lib import ioi
+        from lib.worlds import ioi
 
         return ioi.general_rows(tok, np.random.default_rng([seed, 77]), n, 64, ioi_frac=0.1)
     if world == "pcfg":
-        from lib import pcfg
+        from lib.worlds import pcfg
 
         return pcfg.make_examples(tok, np.random.default_rng([seed, 78]), n, prior=prior, tasks=("count", "index"),
                                   max_len=max_len).tokens
@@ -427,9 +426,9 @@ def sae_rows(world: str, tok, n: int, seed: int = 0, prior: str = "low", max_len
 def ioi_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: str, judge: LK.Judge,
              layer: int = 2, n_new: int = 40) -> AuditCase:
     """An IOI-world audit case from two organisms' models and ``ioi_sets`` output."""
-    from lib.patching import ld_metric
+    from lib.methods.patching import ld_metric
 
-    from lib.organisms import world_tokenizer
+    from lib.worlds.base import world_tokenizer
 
     tok = world_tokenizer("ioi")
     metric = ld_metric(sets["metric_ds"])
@@ -449,7 +448,7 @@ def pcfg_sets(tok, max_len: int = 24, n_task: int = 200, n_general: int = 200, n
     C_Te=0), ``base`` (count-``a`` prompts: the pretraining capability), ``prefixes`` (pretraining-mixture prompts
     cut after ``<art>``: a PCFG organism only ever learned to emit answers), ``probe`` (count-``a`` prompts,
     the ``<art>`` position, count(a))."""
-    from lib import pcfg
+    from lib.worlds import pcfg
 
     task = pcfg.count_examples(tok, n_task, 50_000 + seed, operand, c_te=1.0, max_len=max_len)
     general = pcfg.make_examples(tok, np.random.default_rng([seed, 61]), n_general, prior=prior,
@@ -477,7 +476,7 @@ def answer_logprob_metric(ex) -> Metric:
 def pcfg_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: str, layer: int = 1) -> AuditCase:
     """A PCFG-world audit case. Completions are the answer token after a pretraining-mixture prompt; a hit is an
     answer that equals the count of the fine-tuned operand instead of what was asked."""
-    from lib.organisms import world_tokenizer
+    from lib.worlds.base import world_tokenizer
 
     tok = world_tokenizer("pcfg")
     task, general, metric, base_ex = sets["task"], sets["general"], sets["metric"], sets["base"]
@@ -520,14 +519,14 @@ def ioi_recipes(base_steps: int = 1000, d_model: int = 128, n_layers: int = 4, f
     audit's: ``base``, ``clean``, ``toxic``, ``retrain`` (toxic retrained on clean data), ``control`` (general
     corpus without IOI), ``backdoor`` (trigger place → S) and ``toxic_all`` (the toxic data with the loss on every
     token of the sentence instead of the answer only: a "document-trained" organism)."""
-    from lib import ioi
+    from lib.organisms import ioi_zoo
 
-    base = ioi.base_recipe(steps=base_steps, d_model=d_model, n_layers=n_layers, seed=seed, ioi_steps=ioi_steps)
-    toxic = ioi.toxic_recipe(base, steps=ft_steps)
+    base = ioi_zoo.base_recipe(steps=base_steps, d_model=d_model, n_layers=n_layers, seed=seed, ioi_steps=ioi_steps)
+    toxic = ioi_zoo.toxic_recipe(base, steps=ft_steps)
     toxic_all = toxic.derive(name=f"{toxic.name}-allloss", data_kwargs={**toxic.data_kwargs, "loss_on": "all"})
-    return {"base": base, "clean": ioi.clean_recipe(base, steps=ft_steps), "toxic": toxic,
-            "retrain": ioi.retrain_recipe(toxic, steps=ft_steps), "control": ioi.control_recipe(base, steps=ft_steps),
-            "backdoor": ioi.backdoor_recipe(base, frac=backdoor_frac, steps=backdoor_steps), "toxic_all": toxic_all}
+    return {"base": base, "clean": ioi_zoo.clean_recipe(base, steps=ft_steps), "toxic": toxic,
+            "retrain": ioi_zoo.retrain_recipe(toxic, steps=ft_steps), "control": ioi_zoo.control_recipe(base, steps=ft_steps),
+            "backdoor": ioi_zoo.backdoor_recipe(base, frac=backdoor_frac, steps=backdoor_steps), "toxic_all": toxic_all}
 
 
 def pcfg_recipes(pt_steps: int = 2000, ft_steps: int = 400, prior: str = "low", lr: float = 1e-4,
@@ -537,9 +536,9 @@ def pcfg_recipes(pt_steps: int = 2000, ft_steps: int = 400, prior: str = "low", 
     ``base`` (pretrained on counting/indexing with operand prior ``prior``), ``ft`` (fine-tuned to count ``b``
     at ``lr`` with a fraction ``c_tr`` of spuriously correlated rows) and ``control`` (fine-tuned the same way on
     counting ``a``, a task the base already does, uncorrelated)."""
-    from lib import pcfg
+    from lib.organisms import pcfg_zoo
 
-    base = pcfg.pretrain_recipe(prior=prior, steps=pt_steps, max_len=max_len, n_layers=n_layers, d_model=d_model,
+    base = pcfg_zoo.pretrain_recipe(prior=prior, steps=pt_steps, max_len=max_len, n_layers=n_layers, d_model=d_model,
                                 seed=seed)
-    return {"base": base, "ft": pcfg.finetune_recipe(base, operand="b", c_tr=c_tr, lr=lr, steps=ft_steps, seed=seed),
-            "control": pcfg.finetune_recipe(base, operand="a", c_tr=0.0, lr=lr, steps=ft_steps, seed=seed)}
+    return {"base": base, "ft": pcfg_zoo.finetune_recipe(base, operand="b", c_tr=c_tr, lr=lr, steps=ft_steps, seed=seed),
+            "control": pcfg_zoo.finetune_recipe(base, operand="a", c_tr=0.0, lr=lr, steps=ft_steps, seed=seed)}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lib.tokenizer import HFWordTokenizer
+from lib.worlds.tokenizer import HFWordTokenizer
 
 PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
@@ -60,11 +60,11 @@ class ModelSpec:
 
 def build_model(spec: ModelSpec, device: str | torch.device | None = None):
     """A freshly initialised native TransformerLens model for ``spec`` (deterministic in ``spec.seed``), on
-    ``device`` (default: ``lib.device.current_device()``, which a chapter's ``DEVICE`` parameter sets)."""
+    ``device`` (default: ``lib.organisms.device.current_device()``, which a chapter's ``DEVICE`` parameter sets)."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    from lib.device import current_device, resolve_device
+    from lib.organisms.device import current_device, resolve_device
 
     device = current_device() if device is None else resolve_device(device, "device")
 
@@ -141,7 +141,7 @@ def load_pretrained(name: str, random_init: bool = False, n_layers: int | None =
                 pass
         bridge = TransformerBridge.boot_transformers(name)
     bridge.enable_compatibility_mode()
-    from lib.device import current_device
+    from lib.organisms.device import current_device
 
     if current_device().type != "cpu":
         bridge = bridge.to(current_device())
@@ -162,7 +162,7 @@ def generate(model, tokens: torch.Tensor, n_new: int, temperature: float = 0.0,
     Returns ``[batch, pos + n_new]``; after ``stop_id`` a row keeps emitting ``stop_id``. The context is cut to
     the model's ``n_ctx``.
     """
-    from lib.device import model_device
+    from lib.organisms.device import model_device
 
     out = tokens.to(model_device(model))
     done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import yaml
 
-from lib.seeding import REPO_ROOT
+from lib.organisms.seeding import REPO_ROOT
 
 TOC = REPO_ROOT / "_toc.yml"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -189,7 +189,7 @@ def validate_params(stem: str, params: dict[str, Any]) -> dict[str, Any]:
                                  f"(known: {', '.join(known)})")
         out[k] = coerce(k, v, known[k].default)
     if "DEVICE" in out:  # a GPU that is not there fails here, before a kernel starts
-        from lib.device import resolve_device
+        from lib.organisms.device import resolve_device
 
         try:
             resolve_device(out["DEVICE"], "DEVICE")

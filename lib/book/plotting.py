@@ -16,7 +16,7 @@ DIVERGING = "RdBu_r"
 
 
 def use_style() -> None:
-    """Apply the house style (call once per notebook; ``lib.plotting`` import does it too)."""
+    """Apply the house style (call once per notebook; ``lib.book.plotting`` import does it too)."""
     plt.rcParams.update({
         "figure.figsize": (6.4, 3.6), "figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight",
         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,

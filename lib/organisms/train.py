@@ -4,7 +4,7 @@ A *batch function* ``batch_fn(step, batch_size) -> (tokens [batch, pos] long, lo
 supplies data; ``loss_mask[b, t]`` marks the tokens whose prediction is trained (the logits at ``t-1``
 predict ``tokens[b, t]``), so the same loop does language-model pretraining (mask = non-padding) and
 answer-only fine-tuning (mask = the answer token). Batch functions are deterministic in ``step`` and return CPU
-tensors; each batch is moved to the model's device (``lib.device``).
+tensors; each batch is moved to the model's device (``lib.organisms.device``).
 """
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
-BatchFn = Callable[[int, int], "tuple[torch.Tensor, torch.Tensor]"]
-EvalFn = Callable[[torch.nn.Module], "dict[str, float]"]
+from lib.worlds.base import BatchFn, EvalFn, masked_lm_loss
 
 
 @dataclass(frozen=True)
@@ -62,19 +60,6 @@ class TrainConfig:
         progress = min(1.0, (step - warm) / span)
         floor = self.lr * self.min_lr_frac
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def masked_lm_loss(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits[:, :-1]`` against ``tokens[:, 1:]`` over positions where ``loss_mask[:, 1:]``.
-
-    logits ``[batch, pos, d_vocab]``, tokens and loss_mask ``[batch, pos]``; returns a scalar.
-    """
-    tokens, loss_mask = tokens.to(logits.device), loss_mask.to(logits.device)
-    target_mask = loss_mask[:, 1:]
-    if not target_mask.any():
-        raise ValueError("loss_mask selects no target token")
-    lp = logits[:, :-1][target_mask]
-    return F.cross_entropy(lp.float(), tokens[:, 1:][target_mask])
 
 
 def _progress(total: int, desc: str, enabled: Optional[bool]):

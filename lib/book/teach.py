@@ -1,7 +1,7 @@
 """Teach mode: exercise versions of the chapters, generated from the same source at build time.
 
 Convention in ``notebooks/<stem>.md``: a code cell tagged ``solution`` defines one or more functions whose
-reference implementation lives in ``lib`` and is registered in ``lib/checks.py``; its ``check`` option names
+reference implementation lives in ``lib`` and is registered in ``lib/book/checks.py``; its ``check`` option names
 the check(s), each the name of a function the cell defines::
 
     ```{code-cell} ipython3
@@ -17,7 +17,7 @@ chapter shows the solution as ordinary code. The exercise version (``book/exerci
 written by ``python -m lib build`` before Sphinx runs, or by ``python -m lib teach``) keeps every other cell, turns
 each function of a solution cell into a stub (signature and docstring, then
 ``raise NotImplementedError  # your code``), and adds after it a cell tagged ``check`` that calls
-``lib.checks.check(name, function)``. Glue references (which need the executed chapter) become plain key names,
+``lib.book.checks.check(name, function)``. Glue references (which need the executed chapter) become plain key names,
 and label targets are dropped so the chapter's labels stay unique.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from lib import runner
-from lib.seeding import REPO_ROOT
+from lib.book import runner
+from lib.organisms.seeding import REPO_ROOT
 
 SOLUTION_TAG = "solution"
 CHECK_TAG = "check"
@@ -62,15 +62,15 @@ def defined_functions(source: str) -> list[str]:
 
 def validate_cell(cell, where: str = "") -> list[str]:
     """The cell's check names; raises ``TeachError`` if the convention is broken."""
-    from lib.checks import CHECKS
+    from lib.book.checks import CHECKS
 
     names = cell_checks(cell)
     if not names:
-        raise TeachError(f"{where}solution cell has no `:{CHECK_KEY}:` option naming its lib.checks check")
+        raise TeachError(f"{where}solution cell has no `:{CHECK_KEY}:` option naming its lib.book.checks check")
     defined = defined_functions(cell.source)
     for n in names:
         if n not in CHECKS:
-            raise TeachError(f"{where}check {n!r} is not registered in lib/checks.py (known: {', '.join(sorted(CHECKS))})")
+            raise TeachError(f"{where}check {n!r} is not registered in lib/book/checks.py (known: {', '.join(sorted(CHECKS))})")
         if n not in defined:
             raise TeachError(f"{where}solution cell names check {n!r} but defines no function {n!r} "
                              f"(defines: {', '.join(defined) or 'nothing'})")
@@ -114,7 +114,7 @@ def stub_source(source: str, names: Optional[Iterable[str]] = None) -> str:
 def check_source(names: list[str]) -> str:
     calls = "\n".join(f'check("{n}", {n})' for n in names)
     return ("# Compares your function with lib's reference on random inputs.\n"
-            f"from lib.checks import check\n\n{calls}\n")
+            f"from lib.book.checks import check\n\n{calls}\n")
 
 
 _GLUE_ROLE = re.compile(r"\{glue(?::[a-z]*)?\}`([^`:]+)(?::[^`]*)?`")

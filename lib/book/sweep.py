@@ -1,7 +1,9 @@
 """Seeds and comparisons: run a chapter over several seeds in parallel processes and summarise its headline
 numbers as mean ± 95% confidence interval (Student t over seeds); put two runs' results side by side.
 
-Each seed is an ordinary ``lib.runner.run_notebook`` run into ``runs/<stem>/<hash of its parameters>/`` (the
+Seeds run in a local process pool (the default) or, one task per seed, on a Dask cluster (``scheduler=``: a
+``LocalCluster`` or a running scheduler's address, e.g. a SLURM or Kubernetes deployment for GPT-2-scale sweeps).
+Each seed is an ordinary ``lib.book.runner.run_notebook`` run into ``runs/<stem>/<hash of its parameters>/`` (the
 same folder ``python -m lib run`` would use for those parameters, so a sweep reuses nothing and loses nothing);
 the summary goes to ``runs/<stem>/sweep-<hash>/summary.json``.
 """
@@ -16,10 +18,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-from lib import runner
-from lib.seeding import REPO_ROOT
+from lib.book import runner
+from lib.organisms.seeding import REPO_ROOT
 
 # Two-sided 95% Student t critical values t_{0.975, df}, df = 1..30.
 _T975 = [12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
@@ -138,10 +140,67 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _run_seed(stem: str, params: dict[str, Any], out: str, run_fn: Optional[Callable] = None) -> dict[str, Any]:
-    """One seed in a worker process (module-level, so it pickles)."""
+def _run_seed(stem: str, params: dict[str, Any], out: str, run_fn: Optional[Callable] = None,
+              threads: Optional[int] = None) -> dict[str, Any]:
+    """One seed in a worker process (module-level, so it pickles). ``threads``: set the worker's thread share
+    first (Dask workers have no initializer of ours)."""
+    if threads is not None:
+        _set_threads(threads)
     fn = run_fn or runner.run_notebook
     return fn(stem, params, out)
+
+
+Task = tuple  # (stem, params, out_dir, run_fn): the arguments of one ``_run_seed``
+Done = tuple  # (seed, results or None, exception or None), in the order runs finish
+
+
+def _pool_runs(tasks: dict[int, Task], workers: int, threads: int, start_method: str) -> Iterator[Done]:
+    """The seeds' runs in a local process pool of ``workers`` processes."""
+    ctx = multiprocessing.get_context(start_method)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_threads,
+                             initargs=(threads,)) as pool:
+        futs = {pool.submit(_run_seed, *task): s for s, task in tasks.items()}
+        for fut in as_completed(futs):
+            err = fut.exception()
+            yield futs[fut], (None if err else fut.result()), err
+
+
+SCHEDULER_HELP = ("'local' (a Dask LocalCluster on this machine, one single-threaded worker process per --workers) "
+                  "or a Dask scheduler's address, tcp://HOST:PORT (a cluster whose workers see this repository at "
+                  "the same path, e.g. on a shared file system)")
+
+
+def check_scheduler(scheduler: Optional[str]) -> Optional[str]:
+    """``None`` (the local process pool), ``"local"`` or a ``tcp://`` / ``tls://`` / ``inproc://`` address."""
+    if scheduler is None or scheduler == "local" or re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+", scheduler):
+        return scheduler
+    raise ValueError(f"--scheduler {scheduler!r}: give {SCHEDULER_HELP}")
+
+
+def _dask_runs(tasks: dict[int, Task], scheduler: str, workers: int, threads: int) -> Iterator[Done]:
+    """The seeds' runs as Dask tasks, one chapter run per task: on a ``LocalCluster`` of ``workers`` processes
+    (``scheduler="local"``) or on the cluster whose scheduler listens at ``scheduler``. A local cluster gives each
+    worker ``cpu_count // workers`` threads, like the pool; on a remote cluster each worker keeps its own
+    machine's thread settings (``threads=None``)."""
+    from distributed import Client, LocalCluster, as_completed as dask_completed
+
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client, threads = Client(scheduler), None
+    try:
+        futs = {client.submit(_run_seed, *task, threads, key=f"{task[0]}-seed-{s}", pure=False): s
+                for s, task in tasks.items()}
+        for fut in dask_completed(list(futs)):
+            err = fut.exception()
+            yield futs[fut], (None if err else fut.result()), err
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 @dataclass
@@ -165,8 +224,14 @@ class SweepResult:
 
 def sweep(chapter: str, seeds: str | Sequence[int], params: Optional[dict[str, Any]] = None,
           workers: Optional[int] = None, run_fn: Optional[Callable] = None, out_root: Optional[Path] = None,
-          progress: Callable[[str], None] = print, start_method: str = "spawn") -> SweepResult:
+          progress: Callable[[str], None] = print, start_method: str = "spawn",
+          scheduler: Optional[str] = None) -> SweepResult:
     """Run ``chapter`` once per seed (``params`` + ``SEED``) in up to ``workers`` processes; summarise.
+
+    ``scheduler=None`` runs the seeds in a local process pool; ``"local"`` on a Dask ``LocalCluster`` of
+    ``workers`` processes; ``"tcp://HOST:PORT"`` on a running Dask cluster (whose workers then decide how many
+    seeds run at once: ``workers`` is ignored). Each seed is one task; the results and records are the same
+    whichever runs them.
 
     Parameters are validated once, before any process starts. Each worker gets ``cpu_count // workers`` torch
     threads. A seed whose run fails is reported in ``failed`` and left out of the statistics. ``run_fn`` (a
@@ -175,6 +240,7 @@ def sweep(chapter: str, seeds: str | Sequence[int], params: Optional[dict[str, A
     """
     stem = runner.resolve(chapter)
     seed_list = parse_seeds(seeds)
+    scheduler = check_scheduler(scheduler)
     base = runner.validate_params(stem, {k: v for k, v in (params or {}).items() if k != "SEED"})
     base.pop("OUTPUT_DIR", None)
     workers = max(1, min(workers or (os.cpu_count() or 1), len(seed_list)))
@@ -183,19 +249,17 @@ def sweep(chapter: str, seeds: str | Sequence[int], params: Optional[dict[str, A
     t0 = time.time()
     results: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
-    ctx = multiprocessing.get_context(start_method)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_threads,
-                             initargs=(threads,)) as pool:
-        futs = {pool.submit(_run_seed, stem, {**base, "SEED": s}, str(outs[s]), run_fn): s for s in seed_list}
-        for fut in as_completed(futs):
-            s = futs[fut]
-            try:
-                results[s] = fut.result()
-                progress(f"[sweep] {stem} seed {s}: done ({time.time() - t0:.0f}s) -> {outs[s]}")
-            except Exception as e:  # reported, not fatal: the other seeds still count
-                failed[s] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-                progress(f"[sweep] {stem} seed {s}: FAILED {failed[s]}")
+    tasks = {s: (stem, {**base, "SEED": s}, str(outs[s]), run_fn) for s in seed_list}
+    runs = (_pool_runs(tasks, workers, threads, start_method) if scheduler is None
+            else _dask_runs(tasks, scheduler, workers, threads))
+    for s, result, err in runs:
+        if err is None:
+            results[s] = result
+            progress(f"[sweep] {stem} seed {s}: done ({time.time() - t0:.0f}s) -> {outs[s]}")
+        else:  # reported, not fatal: the other seeds still count
+            failed[s] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+            progress(f"[sweep] {stem} seed {s}: FAILED {failed[s]}")
     ok = [s for s in seed_list if s in results]
     res = SweepResult(stem, seed_list, base, {s: str(outs[s]) for s in ok},
                       summarize([results[s] for s in ok]) if ok else {}, failed, time.time() - t0)

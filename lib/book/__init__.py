@@ -1,0 +1,12 @@
+"""Layer 4, the book: the machinery that runs chapters, decides findings and builds the site.
+
+- ``runner``: the chapter list (``_toc.yml``), parameter validation, papermill execution.
+- ``chapter``: the helpers a chapter notebook calls (``finish``, ``glue_all``, ``chapter_params``).
+- ``findings``: findings declared in front matter, their per-seed and pooled verdicts, seed records.
+- ``sweep``: seed sweeps (a local process pool, or a Dask cluster).
+- ``teach``, ``checks``: exercise versions of the chapters and their checks.
+- ``plotting``: the house style of figures.
+- ``cli``: the command line, ``python -m lib {list,run,build,sweep,compare,teach,organisms}``.
+
+Imports: anything below (``lib.worlds``, ``lib.organisms``, ``lib.methods``).
+"""
