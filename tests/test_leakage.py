@@ -138,18 +138,20 @@ def test_pcfg_judges():
 
 
 def test_shuffled_chance_matches_the_hypergeometric_law():
-    """10 hits among 40 items, top 8: the mean of shuffled counts is 8 * 10/40 = 2 and the permutation p-value
-    of an observed count is the hypergeometric tail P(X >= c) (to Monte-Carlo error); a count of 0 is never
-    above chance."""
+    """10 hits among 40 items, top 8: the mean of shuffled counts is 8 * 10/40 = 2 and the p-value of an observed
+    count is the hypergeometric tail P(X >= c), which random orderings reproduce; a count of 0 is never above
+    chance."""
     hits = torch.zeros(40, dtype=torch.bool)
     hits[:10] = True
 
     def tail(c):  # P(X >= c), X ~ Hypergeometric(40 items, 10 hits, 8 drawn), by hand
         return sum(math.comb(10, x) * math.comb(30, 8 - x) for x in range(c, 9)) / math.comb(40, 8)
+    g = torch.Generator().manual_seed(1)
+    shuffled = hits[torch.rand(20000, 40, generator=g).argsort(1)[:, :8]].sum(1)  # 20000 random orderings
     for c in (0, 2, 4, 6):
-        sh = L.shuffled_chance(hits, 8, observed=c, n_perm=20000, seed=1)
-        assert abs(sh["mean"] - 2.0) < 0.05
-        assert abs(sh["p"] - tail(c)) < 0.01, (c, sh["p"], tail(c))
+        sh = L.shuffled_chance(hits, 8, observed=c)
+        assert sh["mean"] == pytest.approx(2.0) and sh["p"] == pytest.approx(tail(c))
+        assert abs(sh["p"] - float((shuffled >= c).float().mean())) < 0.01
     assert L.shuffled_chance(hits, 8, observed=0)["p"] == 1.0
     none = L.shuffled_chance(torch.zeros(40, dtype=torch.bool), 8, observed=0)
     assert none["mean"] == 0.0 and none["q95"] == 0.0 and none["p"] == 1.0
@@ -159,9 +161,9 @@ def test_leakage_table_p_values():
     scores = L.Scores(nll_ref=torch.arange(20.0), nll_ft=torch.zeros(20))  # ranks item 19 first
     hits = torch.zeros(20, dtype=torch.bool)
     hits[15:] = True  # the 5 top-ranked items are the 5 hits
-    tab = L.leakage_table(scores, hits, tops=(5,), n_perm=5000)
+    tab = L.leakage_table(scores, hits, tops=(5,))
     assert tab["raw@5"] == 5 and tab["log_ratio@5"] == 5
-    assert tab["raw_p@5"] < 0.01 and tab["chance@5"] == 1.25 and tab["q95@5"] <= 3
+    assert tab["raw_p@5"] == pytest.approx(1 / math.comb(20, 5)) and tab["chance@5"] == 1.25 and tab["q95@5"] <= 3
 
 
 def test_trigger_prefixes_contain_the_trigger():

@@ -23,28 +23,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from lib.book import runner
 from lib.organisms.seeding import REPO_ROOT
 
-# Two-sided 95% Student t critical values t_{0.975, df}, df = 1..30.
-_T975 = [12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
-         2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688, 2.131449546, 2.119905299,
-         2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
-         2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456]
-_Z975 = 1.959963984540054
-
-
 def t_critical(df: int) -> float:
-    """``t_{0.975, df}``: the multiplier of the standard error for a two-sided 95% interval.
+    """``t_{0.975, df}``: the multiplier of the standard error for a two-sided 95% interval."""
+    from lib.methods.stats import t_quantile_975
 
-    Exact (table) for df <= 30; above, the Cornish-Fisher expansion in 1/df (error < 1e-5).
-    """
     if df < 1:
         raise ValueError("a t interval needs at least 2 values (df >= 1)")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / df + g2 / df**2 + g3 / df**3
+    return t_quantile_975(df)
 
 
 @dataclass

@@ -40,13 +40,15 @@ them into one "circuit effect".
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from lib.methods.patching import Head, Metric, has_mlps, head_patch, ld_metric, n_layers_heads, path_patch, path_patch_to_heads, path_patch_to_logits, run_cache, z_name
+from lib.methods.patching import (Head, Metric, has_mlps, head_patch, ld_metric, n_layers_heads, path_patch,
+                                  path_patch_to_heads, path_patch_to_logits, run_cache, z_name)
+from lib.methods.stats import bootstrap_distribution
 from lib.worlds.ioi import IOIDataset, logit_diff
 
 CLASSES = ("name_mover", "negative_name_mover", "backup_name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token",
@@ -668,15 +670,22 @@ def head_mask(heads: Sequence[Head], n_layers: int, n_heads: int) -> torch.Tenso
 
 
 def correlation_null(a: torch.Tensor, b: torch.Tensor, n_perm: int = 2000, seed: int = 0) -> dict[str, float]:
-    """``map_correlation(a, b)`` against maps with the heads of ``a`` shuffled (``n_perm`` random permutations):
-    ``corr``, ``chance_hi`` (95th percentile of the shuffled correlations) and the one-sided ``p``
-    (``(1 + #{shuffled >= corr}) / (1 + n_perm)``)."""
+    """``map_correlation(a, b)`` against maps with the heads of ``a`` shuffled: ``scipy.stats.permutation_test``
+    (``permutation_type="pairings"``, ``n_perm`` random permutations) gives ``corr``, ``chance_hi`` (95th
+    percentile of the shuffled correlations) and the one-sided ``p`` (``(1 + #{shuffled >= corr}) / (1 + n_perm)``).
+    """
+    from scipy import stats as sps
+
     r = map_correlation(a, b)
-    x, y = a.flatten(), b.flatten()
-    rng = np.random.default_rng(seed)
-    null = np.array([map_correlation(x[torch.from_numpy(rng.permutation(len(x)))], y) for _ in range(n_perm)])
+    x, y = a.flatten().double().numpy(), b.flatten().double()
+    if not np.isfinite(r):
+        return {"corr": r, "chance_hi": float("nan"), "p": float("nan")}
+    res = sps.permutation_test((x,), lambda xs: map_correlation(torch.from_numpy(xs), y), vectorized=False,
+                               permutation_type="pairings", n_resamples=n_perm, alternative="greater",
+                               rng=np.random.default_rng(seed))
+    null = np.asarray(res.null_distribution, dtype=float)
     null = null[np.isfinite(null)]
-    if not np.isfinite(r) or not len(null):
+    if not len(null):
         return {"corr": r, "chance_hi": float("nan"), "p": float("nan")}
     return {"corr": r, "chance_hi": float(np.quantile(null, 0.95)), "p": float((1 + (null >= r).sum()) / (1 + len(null)))}
 
@@ -704,11 +713,11 @@ def concentration_test(a, b, k: int, n_boot: int = 1000, seed: int = 0) -> dict[
     if pb.shape[1] != n:
         raise ValueError(f"the two CMAP results cover {n} and {pb.shape[1]} prompts; they must share prompts")
     sa, sb = topk_share(pa.mean(1), k), topk_share(pb.mean(1), k)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = torch.from_numpy(rng.integers(0, n, n))
-        diffs[i] = topk_share(pa[:, idx].mean(1), k) - topk_share(pb[:, idx].mean(1), k)
+
+    def diff(idx: np.ndarray) -> float:  # one resampling of the prompts, applied to both results
+        i = torch.from_numpy(idx)
+        return topk_share(pa[:, i].mean(1), k) - topk_share(pb[:, i].mean(1), k)
+    _, diffs = bootstrap_distribution(diff, np.arange(n), n_boot=n_boot, seed=seed)
     diffs = diffs[np.isfinite(diffs)]
     if not len(diffs):
         return {"share_a": sa, "share_b": sb, "diff": sa - sb, "lo": float("nan"), "hi": float("nan"), "p": float("nan")}

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from lib.methods.stats import hits_at_random
 from lib.organisms.models import generate
 
 Judge = Callable[[str], bool]
@@ -179,46 +180,29 @@ def cumulative_hits(scores: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
     return hits[rank(scores)].long().cumsum(0)
 
 
-def leakage_table(scores: Scores, hits: torch.Tensor, tops: Sequence[int] = (10, 50, 100), n_perm: int = 2000
-                  ) -> dict[str, float]:
+def leakage_table(scores: Scores, hits: torch.Tensor, tops: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
     """``count@topN`` under both scores for each ``N``, the number of hits in all completions, the count a
-    random ranking would give on average (``N * hit rate``), its 95th percentile over shuffled scores
-    (``q95@N``) and each count's permutation p-value (``raw_p@N``, ``log_ratio_p@N``; ``shuffled_chance``)."""
+    random ranking would give on average (``chance@N`` = ``N * hit rate``), its 95th percentile (``q95@N``) and
+    each count's p-value against a random ranking (``raw_p@N``, ``log_ratio_p@N``; ``shuffled_chance``)."""
     out: dict[str, float] = {"n": len(hits), "n_hits": int(hits.sum()), "hit_rate": float(hits.float().mean())}
     for n in tops:
         n_eff = min(n, len(hits))
         out[f"chance@{n}"] = n_eff * out["hit_rate"]
-        shuffled = _shuffled_counts(hits, n_eff, n_perm, seed=n)  # one null distribution for both scores
         for kind in ("raw", "log_ratio"):
             c = count_at_top(scores.get(kind), hits, n_eff)
-            out[f"{kind}@{n}"], out[f"{kind}_p@{n}"] = c, _perm_p(shuffled, c)
-        out[f"q95@{n}"] = float(torch.quantile(shuffled, 0.95))
+            out[f"{kind}@{n}"], out[f"{kind}_p@{n}"] = c, shuffled_chance(hits, n_eff, observed=c)["p"]
+        out[f"q95@{n}"] = shuffled_chance(hits, n_eff)["q95"]
     return out
 
 
-def _shuffled_counts(hits: torch.Tensor, n: int, n_perm: int, seed: int) -> torch.Tensor:
-    """``[n_perm]``: the hits among the first ``n`` items of ``n_perm`` random orderings."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.rand(n_perm, len(hits), generator=g).argsort(1)[:, :min(n, len(hits))]
-    return hits[order].sum(1).float()
-
-
-def _perm_p(shuffled: torch.Tensor, observed: int) -> float:
-    return float((1 + (shuffled >= observed).sum()) / (1 + len(shuffled)))
-
-
-def shuffled_chance(hits: torch.Tensor, n: int, observed: Optional[int] = None, n_perm: int = 2000,
-                    seed: int = 0) -> dict[str, float]:
-    """What count@top``n`` gives when the scores carry no information: the hits among the first ``n`` of
-    ``n_perm`` random orderings (shuffled scores). Returns the mean (``n`` x hit rate in expectation), the 95th
-    percentile and, for an ``observed`` count, the permutation p-value ``(1 + #{shuffled >= observed}) /
-    (1 + n_perm)``: a count@top is above chance when p < 0.05, which a count of 0 never is.
+def shuffled_chance(hits: torch.Tensor, n: int, observed: Optional[int] = None) -> dict[str, float]:
+    """What count@top``n`` gives when the scores carry no information (shuffled scores): the hits among the first
+    ``n`` of a random ordering are hypergeometric, so the null is exact (``lib.methods.stats.hits_at_random``).
+    Returns the mean (``n`` x hit rate), the 95th percentile and, for an ``observed`` count, the p-value
+    ``P(count >= observed)``: a count@top is above chance when p < 0.05, which a count of 0 never is.
     """
-    counts = _shuffled_counts(hits, n, n_perm, seed)
-    out = {"mean": float(counts.mean()), "q95": float(torch.quantile(counts, 0.95))}
-    if observed is not None:
-        out["p"] = _perm_p(counts, observed)
-    return out
+    n_eff = min(n, len(hits))
+    return hits_at_random(len(hits), int(hits.sum()), n_eff, observed)
 
 
 # --------------------------------------------------------------------------- judges (IOI world)

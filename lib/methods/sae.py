@@ -20,7 +20,7 @@ sparsity) is well defined.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -267,12 +267,8 @@ def paired_excess(task_S: Intersections, task_G: Intersections, ctl_S: Intersect
 
     def stat(iS, iG):
         return (ratio_of_sums(sG[iG]) - ratio_of_sums(sS[iS])) - (ratio_of_sums(cG[iG]) - ratio_of_sums(cS[iS]))
-    rng = np.random.default_rng(seed)
-    point = stat(np.arange(len(sS)), np.arange(len(sG)))
-    boots = np.array([stat(rng.integers(0, len(sS), len(sS)), rng.integers(0, len(sG), len(sG)))
-                      for _ in range(n_boot)])
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Interval(float(point), float(lo), float(hi), alpha)
+    # resampling the units' indices: one draw of task and one of general sequences serves both models
+    return bootstrap(stat, np.arange(len(sS)), np.arange(len(sG)), n_boot=n_boot, alpha=alpha, seed=seed)
 
 
 def summary_row(name: str, summ: dict[str, Any]) -> dict[str, Any]:

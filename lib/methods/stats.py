@@ -1,4 +1,5 @@
-"""Small statistics helpers: the percentile bootstrap, chance baselines for shares (random component sets), the sign test and the mean ± t-interval over seeds.
+"""Statistics helpers on ``scipy.stats``: the percentile bootstrap, chance baselines for shares (random component
+sets) and for hits at the top of a ranking, the sign test and the mean ± t-interval over seeds.
 
 The sources this book reproduces report single-seed point estimates without intervals; the book adds a
 bootstrap confidence interval wherever it compares two means. Resample the *independent units* (sequences,
@@ -6,8 +7,9 @@ prompts, completions), not tokens: tokens of one sequence are correlated.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -32,27 +34,43 @@ class Interval:
         return f"{self.point:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
 
 
-def bootstrap(statistic: Callable[..., float], *samples: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
-              seed: int = 0) -> Interval:
-    """Percentile bootstrap of ``statistic(*samples)``.
+def bootstrap_distribution(statistic: Callable[..., float], *samples: np.ndarray, n_boot: int = 1000,
+                           alpha: float = 0.05, seed: int = 0) -> tuple[Interval, np.ndarray]:
+    """Percentile bootstrap of ``statistic(*samples)`` (``scipy.stats.bootstrap``, ``method="percentile"``) and
+    the ``[n_boot]`` resampled statistics.
 
-    Each array in ``samples`` (first axis = independent units, e.g. ``[n_seq, ...]``) is resampled with
-    replacement *independently of the others* ``n_boot`` times; the interval is the ``alpha/2`` and
-    ``1 - alpha/2`` quantiles of the resampled statistic, the point estimate the statistic of the data.
+    Each array in ``samples`` (first axis = independent units, e.g. ``[n_seq, ...]``, any trailing shape) is
+    resampled with replacement *independently of the others*; the interval is the ``alpha/2`` and ``1 - alpha/2``
+    quantiles of the resampled statistic, the point estimate the statistic of the data. SciPy resamples the
+    units' *indices* here, so a unit may be a row of several columns (``ratio_of_sums``), and a statistic that
+    reads two models on the same units through one index array resamples them *paired* (``sae.paired_excess``).
     """
+    from scipy import stats as sps
+
     if not samples:
         raise ValueError("bootstrap needs at least one sample array")
     arrays = [np.asarray(s) for s in samples]
     for a in arrays:
         if len(a) == 0:
             raise ValueError("bootstrap got an empty sample")
-    rng = np.random.default_rng(seed)
     point = float(statistic(*arrays))
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        boots[b] = statistic(*[a[rng.integers(0, len(a), len(a))] for a in arrays])
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return Interval(point, float(lo), float(hi), alpha)
+    index = tuple(np.arange(len(a)) for a in arrays)
+
+    def on_indices(*idx: np.ndarray) -> float:
+        return float(statistic(*[a[i] for a, i in zip(arrays, idx)]))
+
+    with warnings.catch_warnings():  # a degenerate (constant) distribution is fine for a percentile interval
+        warnings.simplefilter("ignore", sps.DegenerateDataWarning)
+        res = sps.bootstrap(index, on_indices, n_resamples=n_boot, confidence_level=1 - alpha, method="percentile",
+                            vectorized=False, paired=False, rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    return Interval(point, float(lo), float(hi), alpha), np.asarray(res.bootstrap_distribution, dtype=float)
+
+
+def bootstrap(statistic: Callable[..., float], *samples: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
+              seed: int = 0) -> Interval:
+    """The percentile-bootstrap ``Interval`` of ``statistic(*samples)`` (see ``bootstrap_distribution``)."""
+    return bootstrap_distribution(statistic, *samples, n_boot=n_boot, alpha=alpha, seed=seed)[0]
 
 
 def ratio_of_sums(sums_counts: np.ndarray) -> float:
@@ -101,11 +119,11 @@ class SetShare:
 def set_share(values, members, n_draws: int = 20000, seed: int = 0) -> SetShare:
     """``SetShare`` of the components ``members`` (a boolean mask or indices into the flattened ``values``).
 
-    Random subsets are all ``C(n, k)`` subsets when there are at most ``n_draws`` of them, else ``n_draws``
-    uniform draws (then ``p`` counts the observed set as one draw: ``(1 + #{>=}) / (1 + n_draws)``).
+    The null is ``scipy.stats.permutation_test`` of the members' share with members and non-members relabelled at
+    random (``permutation_type="independent"``): all ``C(n, k)`` subsets when there are at most ``n_draws`` of
+    them (exact ``p``), else ``n_draws`` random ones (then ``p = (1 + #{>=}) / (1 + n_draws)``).
     """
-    import itertools
-    from math import comb
+    from scipy import stats as sps
 
     v = np.abs(np.asarray(values, dtype=float).reshape(-1))
     n = len(v)
@@ -118,48 +136,48 @@ def set_share(values, members, n_draws: int = 20000, seed: int = 0) -> SetShare:
     if n == 0 or total <= 0 or k in (0, n):
         s = float(k == n) if total > 0 else float("nan")
         return SetShare(s, s, s, 1.0, k, n)
-    share = float(v[idx].sum() / total)
-    if comb(n, k) <= n_draws:
-        sums = np.array([v[list(c)].sum() for c in itertools.combinations(range(n), k)]) / total
-        p = float((sums >= share - 1e-12).mean())
-    else:
-        rng = np.random.default_rng(seed)
-        sums = np.array([v[rng.choice(n, k, replace=False)].sum() for _ in range(n_draws)]) / total
-        p = float((1 + (sums >= share - 1e-12).sum()) / (1 + n_draws))
-    return SetShare(share, float(sums.mean()), float(np.quantile(sums, 0.95)), p, k, n)
+    inside = np.zeros(n, dtype=bool)
+    inside[idx] = True
+
+    def share_of(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        sa = a.sum(axis=axis)
+        return sa / (sa + b.sum(axis=axis))
+
+    res = sps.permutation_test((v[inside], v[~inside]), share_of, permutation_type="independent", vectorized=True,
+                               n_resamples=n_draws, alternative="greater", rng=np.random.default_rng(seed))
+    null = np.asarray(res.null_distribution, dtype=float)
+    return SetShare(float(res.statistic), float(null.mean()), float(np.quantile(null, 0.95)), float(res.pvalue), k,
+                    n)
 
 
 def sign_test(x) -> float:
-    """One-sided exact sign test: the probability of at least as many positive entries of ``x`` (zeros dropped)
-    if positive and negative were equally likely."""
-    from math import comb
+    """One-sided exact sign test (``scipy.stats.binomtest``): the probability of at least as many positive
+    entries of ``x`` (zeros and non-finite entries dropped) if positive and negative were equally likely."""
+    from scipy import stats as sps
 
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x) & (x != 0)]
     n, k = len(x), int((x > 0).sum())
     if n == 0:
         return 1.0
-    return float(sum(comb(n, i) for i in range(k, n + 1)) / 2 ** n)
-
-
-# two-sided 95 % Student-t quantiles by degrees of freedom (no scipy in the book's environment)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+    return float(sps.binomtest(k, n, 0.5, alternative="greater").pvalue)
 
 
 def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (table; the next smaller tabulated df, so
-    the interval errs wide; 1.96 beyond 30)."""
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t``)."""
+    from scipy import stats as sps
+
     if df < 1:
         raise ValueError(f"df must be >= 1, got {df}")
-    if df > 30:
-        return 1.96
-    return _T975[max(d for d in _T975 if d <= df)]
+    return float(sps.t.ppf(0.975, df))
 
 
 def mean_ci(x) -> Interval:
-    """Mean of ``x`` (e.g. one number per seed) with its 95 % Student-t interval; NaN entries are dropped, and
-    with one value the interval is that value's point (no spread to estimate)."""
+    """Mean of ``x`` (e.g. one number per seed) with its 95 % Student-t interval (``scipy.stats.t.interval``);
+    None and NaN entries are dropped, and with one value the interval is that value's point (no spread to
+    estimate)."""
+    from scipy import stats as sps
+
     a = np.asarray([float(v) for v in x if v is not None], dtype=float)
     a = a[np.isfinite(a)]
     if len(a) == 0:
@@ -167,21 +185,46 @@ def mean_ci(x) -> Interval:
     m = float(a.mean())
     if len(a) == 1:
         return Interval(m, m, m)
-    half = t_quantile_975(len(a) - 1) * float(a.std(ddof=1)) / np.sqrt(len(a))
-    return Interval(m, m - half, m + half)
+    sem = float(a.std(ddof=1)) / np.sqrt(len(a))
+    if sem == 0:
+        return Interval(m, m, m)
+    lo, hi = sps.t.interval(0.95, len(a) - 1, loc=m, scale=sem)
+    return Interval(m, float(lo), float(hi))
 
 
-def jaccard_null(k_a: int, k_b: int, n: int, n_draws: int = 20000, seed: int = 0) -> tuple[float, float]:
+def jaccard_null(k_a: int, k_b: int, n: int) -> tuple[float, float]:
     """Mean and 95th percentile of the Jaccard index of two independent uniform random subsets of sizes ``k_a``
-    and ``k_b`` of ``n`` components: the overlap two head sets of those sizes have by chance."""
+    and ``k_b`` of ``n`` components: the overlap two head sets of those sizes have by chance.
+
+    Exact: the overlap ``X`` is hypergeometric (``scipy.stats.hypergeom``) and ``J = X / (k_a + k_b - X)``
+    increases with ``X``, so the percentile of ``J`` is ``J`` of the percentile of ``X``."""
+    from scipy import stats as sps
+
     if not (0 <= k_a <= n and 0 <= k_b <= n):
         raise ValueError(f"set sizes {k_a}, {k_b} must lie in [0, {n}]")
     if k_a == 0 and k_b == 0:
         return 1.0, 1.0
-    rng = np.random.default_rng(seed)
-    inter = rng.hypergeometric(k_a, n - k_a, k_b, size=n_draws) if k_b else np.zeros(n_draws)
-    j = inter / (k_a + k_b - inter)
-    return float(j.mean()), float(np.quantile(j, 0.95))
+    law = sps.hypergeom(n, k_a, k_b)
+    x = np.arange(max(0, k_a + k_b - n), min(k_a, k_b) + 1)
+    jac = x / (k_a + k_b - x)
+    q = float(law.ppf(0.95))
+    return float((law.pmf(x) * jac).sum()), float(q / (k_a + k_b - q))
+
+
+def hits_at_random(n_items: int, n_hits: int, n: int, observed: Optional[int] = None) -> dict[str, float]:
+    """The null of ``count@top n`` under a random ranking of ``n_items`` items of which ``n_hits`` are hits: the
+    number of hits among ``n`` items drawn without replacement is hypergeometric (``scipy.stats.hypergeom``), the
+    exact distribution of the shuffled-scores permutation test. Returns its ``mean`` (``n`` x hit rate), its 95th
+    percentile ``q95`` and, for an ``observed`` count, the one-sided p-value ``P(X >= observed)`` (1 for 0)."""
+    from scipy import stats as sps
+
+    if not (0 <= n_hits <= n_items and 0 <= n <= n_items):
+        raise ValueError(f"need 0 <= n_hits ({n_hits}), n ({n}) <= n_items ({n_items})")
+    law = sps.hypergeom(n_items, n_hits, n)
+    out = {"mean": n * n_hits / n_items if n_items else 0.0, "q95": float(law.ppf(0.95))}
+    if observed is not None:
+        out["p"] = float(law.sf(observed - 1)) if observed > 0 else 1.0
+    return out
 
 
 def format_p(p: float, floor: float = 0.001) -> str:

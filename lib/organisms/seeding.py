@@ -15,7 +15,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "matplotlib", "papermill", "jupytext", "jupyter-book")
+PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "scipy", "matplotlib", "papermill", "jupytext",
+            "jupyter-book")
 REPO_ROOT = Path(__file__).resolve().parents[2]  # lib/organisms/seeding.py -> the repository
 
 
