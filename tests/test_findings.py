@@ -144,7 +144,7 @@ def test_a_stale_record_is_ignored(tmp_path):
 
 def test_undecided_seeds_do_not_count():
     f = findings.Finding("x", "c", "a > 0")
-    assert findings.Tally(f, {0: True, 1: None, 2: False}).sentence() == "holds on 1 of 2 seeds"
+    assert findings.Tally(f, {0: True, 1: None, 2: False}).sentence() == "holds on 1 of 2 seeds; undecided on 1"
     assert findings.Tally(f, {0: None}).sentence() == "not decided on any seed"
 
 
@@ -273,3 +273,142 @@ def test_over_seeds_joins_this_run_with_the_record(tmp_path):
         f"{8 / 3:.2f} [{8 / 3 - half:.2f}, {8 / 3 + half:.2f}], 3 seeds"
     assert findings.over_seeds(STEM, "ioi_logit_diff", 4.0, {**params, "BASE_STEPS": 7}, root=tmp_path) == \
         "this seed only"
+
+
+# --------------------------------------------------------------------------- undecided, pooled, stale records
+
+
+def test_undecided_condition_gives_a_reason_never_a_verdict():
+    f = findings.Finding("faithful", "c", "ld_circuit / ld_model > 0.8",
+                         undecided=(findings.Undecided("ld_model < 0.5", "behaviour not recovered (LD < 0.5)"),))
+    assert f.decide({"ld_circuit": 4.72, "ld_model": 0.08}) is None  # a ratio over nothing is not a pass
+    assert f.why_undecided({"ld_circuit": 4.72, "ld_model": 0.08}) == "behaviour not recovered (LD < 0.5)"
+    assert f.decide({"ld_circuit": 0.1, "ld_model": 0.04}) is None  # nor a fail
+    assert f.decide({"ld_circuit": 3.0, "ld_model": 3.5}) is True
+    assert f.decide({"ld_circuit": 1.0, "ld_model": 3.5}) is False and f.why_undecided({"ld_circuit": 1.0,
+                                                                                         "ld_model": 3.5}) is None
+    assert f.why_undecided({"ld_model": 3.5}) == "no finite value of ld_circuit"
+    assert f.names == ["ld_circuit", "ld_model"]
+
+
+@pytest.mark.parametrize("expr, runs, holds, value", [
+    # 5 of 5 seeds positive: one-sided sign test p = 1/32
+    ("sign_p(a - b) < 0.05", {s: {"a": 2.0 + s, "b": 1.0} for s in range(5)}, True, 1 / 32),
+    # 4 of 5: p = 6/32 = 0.1875
+    ("sign_p(a - b) < 0.05", {s: {"a": 2.0 if s else 0.0, "b": 1.0} for s in range(5)}, False, 6 / 32),
+    # Fisher: -2 sum log p ~ chi2(2k); p = 0.1 on three seeds: x = 6 ln 10 on 6 df, whose survival function is
+    # exp(-x/2) (1 + x/2 + (x/2)^2 / 2) = 0.001 (1 + 3 ln 10 + (3 ln 10)^2 / 2)
+    ("fisher(p) < 0.05", {s: {"p": 0.1} for s in range(3)}, True,
+     0.001 * (1 + 3 * math.log(10) + (3 * math.log(10)) ** 2 / 2)),
+    # the t interval over seeds of (1, 2, 3, 4, 5): mean 3, lower bound 3 - 2.776445 * sqrt(2.5 / 5)
+    ("t_lo(x) > 0", {s: {"x": float(s + 1)} for s in range(5)}, True, 3 - 2.776445 * (2.5 / 5) ** 0.5),
+    ("n_true(x > 2) >= 3", {s: {"x": float(s + 1)} for s in range(5)}, True, 3.0),
+])
+def test_pooled_tests_by_hand(expr, runs, holds, value):
+    out = findings.evaluate_pooled(expr, runs)
+    assert out.holds is holds
+    assert list(out.values.values())[0] == pytest.approx(value, rel=1e-4)
+    assert out.seeds == sorted(runs)
+
+
+def test_pooled_leaves_out_undecided_seeds_and_needs_two():
+    runs = {0: {"a": 1.0}, 1: {"a": None}, 2: {"a": math.nan}}
+    assert findings.evaluate_pooled("mean(a) > 0", runs).holds is None
+    assert findings.evaluate_pooled("mean(a) > 0", {**runs, 3: {"a": 3.0}}).values == {"mean(a)": 2.0}
+
+
+@pytest.mark.parametrize("expr", ["a > 0", "sign_p(a) < 0.05 and b > 1", "sign_p(mean(a)) < 1", "fisher(a, b) < 1",
+                                  "sign_p(a.real) < 1", "mean(__import__('os')) > 0", "mean()"])
+def test_pooled_rejects_names_outside_aggregators_and_anything_else(expr):
+    with pytest.raises(findings.FindingError):
+        findings.parse_pooled(expr)
+
+
+def test_chapter_findings_read_pooled_and_undecided(monkeypatch):
+    def meta(items):
+        monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"findings": items})
+
+    meta([{"id": "x", "claim": "c", "test": "a > 0", "pooled": "sign_p(a) < 0.05",
+           "undecided": {"when": "b < 1", "reason": "no behaviour"}}])
+    f = findings.chapter_findings("any")[0]
+    assert f.pooled == "sign_p(a) < 0.05" and f.undecided == (findings.Undecided("b < 1", "no behaviour"),)
+    meta([{"id": "x", "claim": "c", "test": "a > 0", "pooled": "a > 0"}])
+    with pytest.raises(findings.FindingError, match="aggregator"):
+        findings.chapter_findings("any")
+    meta([{"id": "x", "claim": "c", "test": "a > 0", "undecided": {"when": "b < 1"}}])
+    with pytest.raises(findings.FindingError, match="undecided"):
+        findings.chapter_findings("any")
+
+
+def test_tally_pools_over_seeds_and_shows_reasons(tmp_path, monkeypatch):
+    fs = [findings.Finding("ioi", "IOI", "ioi_logit_diff > 2", "sign_p(ioi_logit_diff - 2) < 0.05",
+                           (findings.Undecided("ioi_acc < 0.5", "no IOI behaviour"),))]
+    monkeypatch.setattr(findings, "chapter_findings", lambda stem: fs)
+    findings.record(STEM, {s: _ch0(s, ld=3.0 + s) for s in (1, 2, 3, 4)}, root=tmp_path)
+    t = findings.tally(STEM, _ch0(0, ld=5.0), root=tmp_path)[0]
+    assert t.by_seed == {0: True, 1: True, 2: True, 3: True, 4: True}
+    assert t.pooled.holds is True and t.pooled.values == {"sign_p(ioi_logit_diff - 2)": pytest.approx(1 / 32)}
+    assert t.sentence() == "holds on 5 of 5 seeds; pooled: holds over 5 seeds (sign_p(ioi_logit_diff - 2) = 0.0312)"
+    t = findings.tally(STEM, _ch0(0, ld=5.0, acc=0.3), root=tmp_path)[0]  # the build's seed has no IOI
+    assert t.by_seed[0] is None and t.why == {0: "no IOI behaviour"} and t.pooled.seeds == [1, 2, 3, 4]
+    md = findings.findings_markdown(STEM, _ch0(0, ld=5.0, acc=0.3), root=tmp_path)
+    assert "Undecided seeds: ioi: seed 0: no IOI behaviour" in md and "pooled: `sign_p(" in md
+
+
+def test_a_record_of_other_chapter_code_or_other_organisms_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(findings, "chapter_hash", lambda stem: "h-now")
+
+    def run(seed, h="h-now", orgs=("k1", "k2"), **kw):
+        r = _ch0(seed, **kw)
+        r["provenance"].update(chapter_hash=h, organisms={k: "name" for k in orgs}, seed=seed)
+        return r
+    findings.record(STEM, {s: run(s) for s in (0, 1, 2)}, root=tmp_path)
+    doc = json.loads(findings.record_path(STEM, tmp_path).read_text())
+    assert doc["chapter_hash"] == "h-now" and doc["seeds"]["1"]["organisms"] == ["k1", "k2"]
+    assert findings.record_staleness(STEM, doc, run(0)) is None
+    assert list(findings.tally(STEM, run(0), root=tmp_path)[0].by_seed) == [0, 1, 2]
+    # the build's seed-0 organisms are not the recorded seed 0's: a recipe or world changed since
+    assert "organisms" in findings.record_staleness(STEM, doc, run(0, orgs=("k1", "k3")))
+    assert list(findings.tally(STEM, run(0, orgs=("k1", "k3")), root=tmp_path)[0].by_seed) == [0]
+    # the chapter's code changed since the record
+    monkeypatch.setattr(findings, "chapter_hash", lambda stem: "h-later")
+    assert "code changed" in findings.record_staleness(STEM, doc)
+    assert findings.load_record(STEM, tmp_path) is None
+    md = findings.findings_markdown(STEM, run(0, h="h-later"), root=tmp_path)
+    assert "are not shown: the chapter's code changed" in md
+    # recording with the new code starts the record anew instead of mixing code versions
+    findings.record(STEM, {3: run(3, h="h-later")}, root=tmp_path)
+    assert list(json.loads(findings.record_path(STEM, tmp_path).read_text())["seeds"]) == ["3"]
+
+
+def test_chapter_hash_ignores_prose_comments_and_parameters_but_not_code(monkeypatch):
+    import nbformat
+
+    def nb(*cells):
+        return nbformat.v4.new_notebook(cells=list(cells))
+    code = nbformat.v4.new_code_cell
+    params = code("SEED = 0  # seed", metadata={"tags": ["parameters"]})
+    base = nb(nbformat.v4.new_markdown_cell("text"), params, code("x = f(SEED)\n"))
+    variants = {
+        "same": nb(nbformat.v4.new_markdown_cell("other text"), code("SEED = 1  # other", metadata={
+            "tags": ["parameters"]}), code("x = f(SEED)  # a comment\n\n")),
+        "other": nb(params, code("x = g(SEED)\n")),
+    }
+    hashes = {}
+    for name, book in [("base", base), *variants.items()]:
+        monkeypatch.setattr(runner, "read_notebook", lambda stem, b=book: b)
+        hashes[name] = findings.chapter_hash("any")
+    assert hashes["base"] == hashes["same"] != hashes["other"]
+
+
+@pytest.mark.parametrize("stem", runner.chapters())
+def test_committed_seed_records_are_of_the_current_chapter_code(stem):
+    """A record that names its chapter code (every record made since records carry it) must match the chapter as
+    committed: change a chapter's code and its seeds are re-recorded in the same change."""
+    path = findings.record_path(stem)
+    if not path.exists():
+        pytest.skip("no record")
+    doc = json.loads(path.read_text())
+    assert doc.get("chapter_hash") in (None, findings.chapter_hash(stem)), (
+        f"book/seeds/{stem}.json was recorded with other chapter code: "
+        f"python -m lib sweep {stem[:2]} --seeds 0..4 --record")

@@ -15,9 +15,16 @@ def chapter_params(namespace: dict[str, Any], stem: str) -> dict[str, Any]:
 
 
 def finish(namespace: dict[str, Any], stem: str, results: dict[str, Any]) -> dict[str, Any]:
-    """Write ``results.json`` (headline numbers + provenance) into the notebook's ``OUTPUT_DIR``; return results."""
+    """Write ``results.json`` (headline numbers + provenance) into the notebook's ``OUTPUT_DIR``; return results.
+
+    The provenance names the chapter's code (``findings.chapter_hash``) and the organisms the run loaded
+    (``recipes.loaded_organisms``), so a seed record made from other code or other organisms is known stale."""
+    from lib.book.findings import chapter_hash
+    from lib.organisms.recipes import loaded_organisms
+
     params = chapter_params(namespace, stem)
-    write_results(namespace["OUTPUT_DIR"], results, params, started=namespace.get("STARTED", time.time()))
+    write_results(namespace["OUTPUT_DIR"], results, params, started=namespace.get("STARTED", time.time()),
+                  extra={"chapter_hash": chapter_hash(stem), "organisms": loaded_organisms()})
     return results
 
 

@@ -153,6 +153,15 @@ def _train_recipe(recipe: Recipe, cache: ArtifactCache, progress: Optional[bool]
     return states, meta
 
 
+_LOADED: dict[str, str] = {}  # cache key -> recipe name, of every organism this process has loaded
+
+
+def loaded_organisms() -> dict[str, str]:
+    """``{cache key: recipe name}`` of every organism ``get_organism`` returned in this process (a chapter's
+    results record them: a seed record made from other organisms is stale)."""
+    return dict(sorted(_LOADED.items()))
+
+
 def get_organism(recipe: Recipe, step: Optional[int] = None, cache: Optional[ArtifactCache] = None,
                  progress: Optional[bool] = None) -> Organism:
     """The organism ``recipe`` makes, loaded from the cache or trained (with its parents) and cached.
@@ -178,6 +187,7 @@ def get_organism(recipe: Recipe, step: Optional[int] = None, cache: Optional[Art
     model = build_model(resolve_spec(recipe))
     model.load_state_dict(state)
     model.eval()
+    _LOADED[key] = recipe.name
     return Organism(recipe=recipe, model=model, tokenizer=world_tokenizer(recipe.world),
                     history=manifest["history"], key=key, trained_now=created, step=step)
 

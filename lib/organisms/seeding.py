@@ -100,12 +100,13 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_results(out_dir: str | os.PathLike, results: dict[str, Any], params: dict[str, Any],
-                  started: float | None = None) -> Path:
-    """Write ``results.json`` (headline numbers + provenance) into ``out_dir`` and return its path."""
+                  started: float | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``results.json`` (headline numbers + provenance, with ``extra`` provenance fields) into ``out_dir``
+    and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = dict(_jsonable(results))
-    payload["provenance"] = _jsonable(provenance(params, started))
+    payload["provenance"] = _jsonable({**provenance(params, started), **(extra or {})})
     path = out / "results.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     return path
