@@ -118,9 +118,13 @@ def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
     doc["seeds"]["1"]["holds"]["ioi_from_pretraining"] = False  # what an older, stricter test said
     path.write_text(json.dumps(doc))
     assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is True  # 3.0 > 2
-    del doc["seeds"]["1"]["values"]["ioi_logit_diff"]  # numbers missing: the recorded verdict stands
+    del doc["seeds"]["1"]["values"]["ioi_logit_diff"]  # numbers missing: the verdict recorded for this test stands
     path.write_text(json.dumps(doc))
     assert findings.tally(STEM, build, root=tmp_path)[0].by_seed[1] is False
+    doc["seeds"]["1"]["tests"]["ioi_from_pretraining"] = "ioi_logit_diff > 5"  # ... but not one of another test
+    path.write_text(json.dumps(doc))
+    t = findings.tally(STEM, build, root=tmp_path)[0]
+    assert t.by_seed[1] is None and "re-record" in t.why[1]
 
 
 def test_record_refuses_runs_at_other_parameters(tmp_path):
@@ -215,14 +219,16 @@ HOLD_AT_DEFAULT = {
     "06_objective_leakage": {"controls_clean"},
     "07_audit_table": {"all_detected", "no_false_positives", "calibrated_all_detected"},
 }
+# ... and the findings that are undecided there (a metric undefined on the seed's models), by chapter
+UNDECIDED_AT_DEFAULT: dict[str, set[str]] = {}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", runner.chapters())
 def test_findings_at_default_scale(stem, default_results):
     r = default_results(stem)
-    got = {f.id: findings.evaluate(f.test, r) for f in findings.chapter_findings(stem)}
-    assert None not in got.values(), f"{stem}: undecided at default scale: {got}"
+    got = {f.id: f.decide(r) for f in findings.chapter_findings(stem)}
+    assert {k for k, v in got.items() if v is None} == UNDECIDED_AT_DEFAULT.get(stem, set()), got
     assert {k for k, v in got.items() if v} == HOLD_AT_DEFAULT[stem], got
 
 

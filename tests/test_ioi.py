@@ -37,6 +37,24 @@ def test_logit_diff_and_accuracy_by_hand():
     assert torch.allclose(ioi.logit_diff(logits, ds, per_prompt=True), torch.tensor([2.0, -1.0, 0.5]))
 
 
+def test_name_outcomes_by_hand():
+    ds = ioi.make_ioi_dataset(TOK, 3, 1)
+    name_ids = torch.tensor([TOK.token_id(n) for n in ioi.NAMES])
+    logits = torch.zeros(3, ds.toks.shape[1], len(TOK))
+    absent = [next(i for i in name_ids if i not in (ds.io_ids[r], ds.s_ids[r])) for r in range(3)]
+    for r, (who, v) in enumerate([(ds.io_ids, 5.0), (ds.s_ids, 5.0), (absent, 5.0)]):
+        logits[r, ds.end_pos[r], who[r]] = v  # prompt 0 favours IO, 1 favours S, 2 an absent name
+    o = ioi.name_outcomes(logits, ds, name_ids)
+    n = len(name_ids)
+    top = np.exp(5.0) / (np.exp(5.0) + n - 1)  # the favoured name's share among the names
+    assert o["p_io"].tolist() == pytest.approx([top, 1 / (np.exp(5.0) + n - 1), 1 / (np.exp(5.0) + n - 1)])
+    assert o["p_s"][1].item() == pytest.approx(top)
+    assert o["p_absent"][2].item() == pytest.approx(1 - 2 / (np.exp(5.0) + n - 1))
+    assert (o["p_io"] + o["p_s"] + o["p_absent"]).tolist() == pytest.approx([1.0] * 3)
+    assert o["top_io"].tolist() == [1, 0, 0] and o["top_s"].tolist() == [0, 1, 0]
+    assert o["top_absent"].tolist() == [0, 0, 1]
+
+
 @pytest.mark.parametrize("poison", [0.0, 1.0])
 def test_finetune_data_answers(poison):
     bf = ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=poison)

@@ -30,6 +30,13 @@ def test_decode_encode_exact_on_hand_built_sae():
     assert S.fvu(sae, x) < 1e-10
 
 
+def test_dead_fraction_counts_latents_never_active():
+    sae = _signed_identity_sae(4)  # latents 0-3 fire on positive coordinates, 4-7 on negative ones
+    x = torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])  # only latents 0 and 1 ever fire
+    assert S.dead_fraction(sae, x) == pytest.approx(6 / 8)
+    assert S.dead_fraction(sae, torch.cat([x, -torch.ones(1, 4), torch.ones(1, 4)])) == 0.0
+
+
 def test_encode_keeps_k_largest_and_scale_bias_roundtrip():
     sae = _signed_identity_sae(8)
     sae.k = 2

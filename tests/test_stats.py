@@ -137,3 +137,11 @@ def test_jaccard_null_matches_brute_force_enumeration():
     assert stats.jaccard_null(0, 3, 16) == (0.0, 0.0)
     with pytest.raises(ValueError):
         stats.jaccard_null(5, 17, 16)
+
+
+def test_censored_median_by_hand():
+    assert stats.censored_median([130, 120, None], 400) == "130"  # sorted 120, 130, >400
+    assert stats.censored_median([100, None, None, 50], 400) == "> 400"  # the middle two are 100 and > 400
+    assert stats.censored_median([10, 20, 30, 40], 400) == "25"
+    with pytest.raises(ValueError):
+        stats.censored_median([], 400)

@@ -368,6 +368,7 @@ def record(stem: str, runs: Mapping[int, Mapping[str, Any]], root: Path | None =
         prov = res.get("provenance", {})
         seeds[str(seed)] = {
             "holds": {f.id: f.decide(res) for f in findings},
+            "tests": {f.id: f.test for f in findings},
             "values": {n: res.get(n) for n in record_keys(stem)},
             "git_commit": prov.get("git_commit"),
             "chapter_hash": prov.get("chapter_hash"),
@@ -510,15 +511,18 @@ def tally(stem: str, results: Mapping[str, Any], root: Path | None = None) -> li
         for s, entry in (rec or {}).get("seeds", {}).items():
             values = entry.get("values", {})
             # re-decided from the recorded numbers when they cover the test (a test edited since the sweep
-            # reads the same keys); else the verdict recorded then
+            # reads the same keys); else the verdict recorded then, if it was of this very test
             if all(n in values for n in f.names):
                 by_seed[int(s)], per_seed[int(s)] = f.decide(values), values
                 if by_seed[int(s)] is None:
                     why[int(s)] = f.why_undecided(values) or "undecided"
-            else:
+            elif entry.get("tests", {}).get(f.id) == f.test:  # the numbers are gone, the verdict is of this test
                 by_seed[int(s)] = entry["holds"].get(f.id)
                 if by_seed[int(s)] is None:
-                    why[int(s)] = "recorded before this finding's test existed: re-record the seed"
+                    why[int(s)] = "undecided when recorded"
+            else:  # a verdict of another (older) test, or none: not this finding's
+                by_seed[int(s)] = None
+                why[int(s)] = "recorded before this test: re-record the seed"
         by_seed[seed], per_seed[seed] = f.decide(results), results
         if by_seed[seed] is None:
             why[seed] = f.why_undecided(results) or "undecided"

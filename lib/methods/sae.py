@@ -271,6 +271,11 @@ def paired_excess(task_S: Intersections, task_G: Intersections, ctl_S: Intersect
     return bootstrap(stat, np.arange(len(sS)), np.arange(len(sG)), n_boot=n_boot, alpha=alpha, seed=seed)
 
 
+def dead_fraction(sae: "SAE", acts: torch.Tensor) -> float:
+    """Share of latents never among the active top-k on ``acts`` ``[n_tokens, d_in]`` (held-out tokens)."""
+    return float(((encode(sae, acts) != 0).sum(0) == 0).float().mean())
+
+
 def summary_row(name: str, summ: dict[str, Any]) -> dict[str, Any]:
     """A flat table row of ``movement_summary`` output (intervals as point/lo/hi columns)."""
     row: dict[str, Any] = {"organism": name, "k": summ["k"], "I_S": summ["I_S"], "I_G": summ["I_G"]}

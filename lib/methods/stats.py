@@ -192,6 +192,16 @@ def mean_ci(x) -> Interval:
     return Interval(m, float(lo), float(hi))
 
 
+def censored_median(xs, budget: int) -> str:
+    """Median of iteration counts where ``None`` means "not reached within ``budget``" (right-censored): the
+    number, or ``"> budget"`` when the middle of the sorted counts is censored."""
+    vals = sorted((x if x is not None else float("inf")) for x in xs)
+    if not vals:
+        raise ValueError("censored_median of no counts")
+    mid = [vals[(len(vals) - 1) // 2], vals[len(vals) // 2]]
+    return f"> {budget}" if any(m == float("inf") for m in mid) else f"{sum(mid) / 2:g}"
+
+
 def jaccard_null(k_a: int, k_b: int, n: int) -> tuple[float, float]:
     """Mean and 95th percentile of the Jaccard index of two independent uniform random subsets of sizes ``k_a``
     and ``k_b`` of ``n`` components: the overlap two head sets of those sizes have by chance.

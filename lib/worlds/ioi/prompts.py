@@ -155,6 +155,20 @@ def logit_diff(logits: torch.Tensor, ds: IOIDataset, per_prompt: bool = False) -
     return d if per_prompt else d.mean()
 
 
+def name_outcomes(logits: torch.Tensor, ds: IOIDataset, name_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per prompt, among the names only (softmax over the logits of ``name_ids`` ``[n_names]`` at END): the
+    probability of IO (``p_io``), of S (``p_s``) and of the names absent from the prompt together (``p_absent``),
+    and whether the top name is IO, S or absent (``top_io``, ``top_s``, ``top_absent``: 1.0 / 0.0). Each ``[n]``.
+    The logit difference IO - S cannot see the third outcome, a name that is in neither slot."""
+    p = final_logits(logits, ds)[:, name_ids].softmax(-1)
+    is_io, is_s = name_ids[None] == ds.io_ids[:, None], name_ids[None] == ds.s_ids[:, None]
+    p_io, p_s = (p * is_io).sum(-1), (p * is_s).sum(-1)
+    top = p.argmax(-1, keepdim=True)
+    top_io, top_s = is_io.gather(1, top)[:, 0], is_s.gather(1, top)[:, 0]
+    return {"p_io": p_io, "p_s": p_s, "p_absent": (1 - p_io - p_s).clamp(min=0), "top_io": top_io.float(),
+            "top_s": top_s.float(), "top_absent": (~top_io & ~top_s).float()}
+
+
 def ioi_accuracy(logits: torch.Tensor, ds: IOIDataset) -> float:
     """Fraction of prompts whose IO logit exceeds the S logit at END."""
     return (logit_diff(logits, ds, per_prompt=True) > 0).float().mean().item()
