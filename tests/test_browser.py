@@ -128,6 +128,17 @@ class WebDriver:
     def js(self, script: str, *args):
         return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": list(args)})
 
+    def elements(self, css: str) -> list[dict]:
+        """WebDriver references of the elements matching ``css`` (pass one to ``js`` as an argument)."""
+        return self._call("POST", f"/session/{self.session}/elements", {"using": "css selector", "value": css})
+
+    def hover(self, element: dict) -> None:
+        """Move the mouse pointer onto ``element`` (a real pointer move: the page gets mouseover, mouseleave, ...)."""
+        self.js("arguments[0].scrollIntoView({block: 'center'});", element)
+        move = {"type": "pointerMove", "duration": 0, "origin": element, "x": 0, "y": 0}
+        self._call("POST", f"/session/{self.session}/actions", {"actions": [
+            {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [move]}]})
+
     def close(self) -> None:
         try:
             if getattr(self, "session", None):
@@ -342,3 +353,52 @@ def test_search_finds_a_chapter(site, browser):
             break
         time.sleep(0.5)
     assert any(f"chapters/{stem}.html" in h for h in found), f"search for {query!r} found {found[:10]}"
+
+
+WIDGET_STATE = r"""
+const w = document.querySelector('main .ftm-attn');
+if (!w) return null;
+const toks = [...w.querySelectorAll('.ftm-attn-tok')];
+return {words: toks.map(t => t.textContent), n_cells: w.querySelectorAll('.ftm-attn-cell').length,
+        n_buttons: w.querySelectorAll('.ftm-attn-head').length,
+        bg: toks.map(t => getComputedStyle(t).backgroundColor),
+        focus: toks.findIndex(t => t.classList.contains('ftm-attn-focus')),
+        readout: w.querySelector('.ftm-attn-readout').textContent,
+        grid: [...w.querySelectorAll('.ftm-attn-cell')].map(c => c.style.backgroundColor).join('|')};
+"""
+
+
+def _alpha(css_colour: str) -> float:
+    """The alpha of a computed ``rgb(...)`` / ``rgba(...)`` colour (1 for ``rgb``)."""
+    parts = re.findall(r"[\d.]+", css_colour)
+    return float(parts[3]) if len(parts) == 4 else 1.0
+
+
+def test_attention_widget_responds_to_hover(site, browser):
+    """Chapter 0's interactive attention pattern: drawn from inline data (no network), and a mouse over a word
+    recolours the words by that word's attention (causal: nothing after it), a head button redraws the grid, and
+    leaving the words returns to END."""
+    base, html, stems = site
+    if "00_model_organisms" not in stems:
+        pytest.skip("chapter 0 is not in this book (FTM_BROWSER_CHAPTERS)")
+    browser.get(f"{base}/book/chapters/00_model_organisms.html")
+    before = browser.js(WIDGET_STATE)
+    assert before is not None, "chapter 0 shows no attention widget (.ftm-attn)"
+    words, n = before["words"], len(before["words"])
+    assert n > 5 and words[0] == "<bos>" and all(w.strip() for w in words), words
+    assert before["n_cells"] == n * n, "the pattern grid was not drawn (did the inline script run?)"
+    assert before["focus"] == n - 1 and words[-1] in before["readout"], "the view should open on END"
+    assert sum(_alpha(c) for c in before["bg"]) > 0.5, f"END's attention is not shown: {before['bg']}"
+    i = 2
+    browser.hover(browser.elements("main .ftm-attn .ftm-attn-tok")[i])
+    after = browser.js(WIDGET_STATE)
+    assert after["focus"] == i and after["readout"] != before["readout"]
+    assert after["bg"] != before["bg"], "hovering a word changed no colour"
+    assert all(_alpha(c) == 0 for c in after["bg"][i + 1:]), f"attention to later words: {after['bg']}"
+    assert sum(_alpha(c) for c in after["bg"][:i + 1]) > 0.5
+    browser.hover(browser.elements("main .ftm-attn .ftm-attn-readout")[0])
+    assert browser.js(WIDGET_STATE)["focus"] == n - 1, "leaving the words did not return to END"
+    if before["n_buttons"] > 1:
+        browser.js("document.querySelectorAll('main .ftm-attn .ftm-attn-head')[1].click();")
+        other = browser.js(WIDGET_STATE)
+        assert other["grid"] != before["grid"], "another head's button did not redraw the grid"

@@ -279,6 +279,36 @@ def test_attention_scores_match_pattern(runs):
         assert v.shape == (2, 4) and (v >= 0).all() and (v <= 1).all()
 
 
+def test_prompt_attention_is_the_batch_pattern_up_to_end(model):
+    ds = ioi.make_ioi_dataset(TOK, 12, 3)  # every template: prompts of different lengths, right-padded
+    i = int(torch.argmin(ds.end_pos))
+    n = int(ds.end_pos[i]) + 1
+    assert n < ds.toks.shape[1]
+    words, pat = circuits.prompt_attention(model, TOK, ds, [(1, 3), (0, 1)], prompt=i)
+    assert words == ["<bos>"] + ds.texts[i].split() and len(words) == n
+    _, batch = patching.run_cache(model, ds.toks)
+    assert pat.shape == (2, n, n)
+    torch.testing.assert_close(pat[0], batch["blocks.1.attn.hook_pattern"][i, 3, :n, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pat[1], batch["blocks.0.attn.hook_pattern"][i, 1, :n, :n], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prompt=12"):
+        circuits.prompt_attention(model, TOK, ds, [(0, 0)], prompt=12)
+    with pytest.raises(ValueError, match=r"\(2, 0\)"):
+        circuits.prompt_attention(model, TOK, ds, [(2, 0)])
+    with pytest.raises(ValueError, match="heads"):
+        circuits.prompt_attention(model, TOK, ds, [])
+
+
+def test_head_label_and_showcase(runs):
+    c = circuits.discover_circuit(runs, threshold=0.02)
+    c.classes = {k: [] for k in c.classes}
+    assert c.showcase(3) == [(1, 0), (1, 1), (1, 2)]  # an empty circuit: the last layer's heads
+    c.classes["s_inhibition"] = [(0, 2)]
+    c.classes["name_mover"] = [(1, 3), (1, 1)]
+    assert c.showcase(2) == [(1, 3), (1, 1)] and c.showcase(5) == [(1, 3), (1, 1), (0, 2)]
+    assert c.head_label((1, 3)) == "1.3 name mover" and c.head_label((0, 2)) == "0.2 S-inhibition"
+    assert c.head_label((0, 0)) == "0.0"
+
+
 def test_discover_circuit_invariants(runs):
     c = circuits.discover_circuit(runs, threshold=0.02)
     seen = [h for hs in c.classes.values() for h in hs]

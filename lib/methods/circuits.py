@@ -180,6 +180,33 @@ def ioi_attention(runs: IOIRuns) -> dict[str, torch.Tensor]:
     }
 
 
+@torch.no_grad()
+def prompt_attention(model, tok, ds: IOIDataset, heads: Sequence[Head], prompt: int = 0
+                     ) -> tuple[list[str], torch.Tensor]:
+    """The full attention patterns of ``heads`` on one prompt of ``ds``, for looking at (one forward pass).
+
+    Returns ``(words, patterns)``: ``words`` the prompt's tokens up to END as text (``tok.decode`` of each id,
+    ``<bos>`` included), ``patterns`` ``[len(heads), n, n]`` with ``n = END + 1``; row ``q`` is the attention
+    distribution of position ``q`` over positions ``0..q`` (causal; the padding after END is not run, which
+    changes nothing before it).
+    """
+    if not 0 <= prompt < len(ds):
+        raise ValueError(f"prompt={prompt} is not an index of the {len(ds)} prompts in ds")
+    if not heads:
+        raise ValueError("heads is empty: name at least one (layer, head)")
+    L, H = n_layers_heads(model)
+    bad = [h for h in heads if not (0 <= h[0] < L and 0 <= h[1] < H)]
+    if bad:
+        raise ValueError(f"heads {bad} are not (layer, head) pairs of a {L}-layer, {H}-head model")
+    ids = ds.toks[prompt, : int(ds.end_pos[prompt]) + 1]
+    layers = sorted({l for l, _ in heads})
+    names = {f"blocks.{l}.attn.hook_pattern" for l in layers}
+    _, cache = run_cache(model, ids[None], names=lambda n: n in names)
+    patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h] for l, h in heads]).float().cpu()
+    words = [tok.decode([int(i)], skip_special=False) for i in ids]
+    return words, patterns
+
+
 # --------------------------------------------------------------------------- copy scores, knockout
 
 @torch.no_grad()
@@ -301,6 +328,18 @@ class Circuit:
 
     def summary(self) -> dict[str, list[str]]:
         return {c: [f"{l}.{h}" for l, h in hs] for c, hs in self.classes.items()}
+
+    def head_label(self, head: Head) -> str:
+        """``"3.1 name mover"``, or ``"3.1"`` for a head outside the circuit."""
+        cls = self.class_of(head)
+        return f"{head[0]}.{head[1]}" + (f" {CLASS_LABELS[cls].removesuffix('s')}" if cls else "")
+
+    def showcase(self, k: int = 2) -> list[Head]:
+        """Up to ``k`` heads to look at, in class order (name movers first, then negative and backup name movers,
+        S-inhibition, ...); the last layer's first ``k`` heads if the circuit is empty (a tiny, briefly trained
+        organism may have none)."""
+        heads = [h for c in (*CLASSES, "other_direct") for h in self.classes.get(c, [])][:k]
+        return heads or [(self.n_layers - 1, h) for h in range(min(k, self.n_heads))]
 
 
 def _significant(effect: torch.Tensor, threshold: float, sign: int = -1) -> list[Head]:
