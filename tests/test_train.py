@@ -69,3 +69,15 @@ def test_bad_config_names_the_field():
         TrainConfig(steps=-1)
     with pytest.raises(ValueError, match="d_model"):
         ModelSpec(d_model=30, n_heads=4)
+
+
+def test_provenance_names_the_cpu_kernels_that_trained_the_numbers():
+    """Trained weights depend on the vector instructions torch dispatches to (AVX2, AVX-512, none): results say
+    which, so a verdict that differs between two machines can be traced to them."""
+    import torch
+
+    from lib.organisms.seeding import provenance
+
+    prov = provenance({"SEED": 3})
+    assert prov["seed"] == 3 and prov["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert prov["cpu"]["machine"]

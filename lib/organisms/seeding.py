@@ -67,6 +67,17 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def provenance(params: dict[str, Any], started: float | None = None) -> dict[str, Any]:
     """Provenance block recorded in every ``results.json``: parameters, seed, commit, versions, wall time."""
     return {
@@ -76,6 +87,11 @@ def provenance(params: dict[str, Any], started: float | None = None) -> dict[str
         "packages": package_versions(),
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
+        # the vector instructions torch's CPU kernels dispatch to: a CPU with other ones (AVX-512, or none) sums in
+        # another order, so trained weights and borderline verdicts differ between machines (measured: the same
+        # recipe trained with ATEN_CPU_CAPABILITY=avx2 and =default gives different bytes)
+        "cpu": {"capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
+                "processor": _cpu_model()},
         "wall_time_s": None if started is None else round(time.time() - started, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
