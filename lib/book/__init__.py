@@ -6,6 +6,7 @@
 - ``sweep``: seed sweeps (a local process pool, or a Dask cluster).
 - ``teach``, ``checks``: exercise versions of the chapters and their checks.
 - ``plotting``: the house style of figures.
+- ``citations``: the ``{cite}`` roles in the prose against ``references.bib`` (checked before a build).
 - ``cli``: the command line, ``python -m lib {list,run,build,sweep,compare,teach,organisms}``.
 
 Imports: anything below (``lib.worlds``, ``lib.organisms``, ``lib.methods``).
