@@ -363,6 +363,9 @@ def test_citations_link_to_the_references_page(site, browser):
             assert title in _norm(text), f"the entry #cite-{key} does not give the title {title!r}: {text[:300]!r}"
             checked.append((page, key))
     assert checked, "no page of this book cites anything"
+    browser.get(f"{base}/book/intro.html")  # the licences, in the footer of every page (_config.yml html.extra_footer)
+    text = browser.js("return document.body.innerText;")
+    assert "MIT License" in text and "CC BY 4.0" in text, "the footer does not state the licences"
 
 
 def test_search_finds_a_chapter(site, browser):
