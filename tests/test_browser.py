@@ -2,9 +2,10 @@
 
 The test builds a small book: every chapter in ``_toc.yml`` executed with its ``ftm.smoke`` parameters (the
 session's shared ``smoke_run`` fixture, so chapters run once per test session), copied into a temporary book
-with its parameters table, plus the generated exercise versions; ``jupyter-book build -W -n`` must pass. It
+with its parameters table, plus the generated exercise versions and the BibTeX files ``_config.yml`` names; ``jupyter-book build -W -n`` must pass. It
 serves ``_build/html`` on 127.0.0.1 and visits every page: figures load, no cell shows a traceback or a stderr
-block, every internal link and cross-reference resolves (page and anchor), the search page finds a chapter.
+block, every internal link and cross-reference resolves (page and anchor), every citation links to its entry on
+the References page, the search page finds a chapter.
 
 Chromium and chromedriver come from the Debian packages ``chromium`` and ``chromium-driver`` (``make test``
 installs them when missing and root; this test tries the same). It is skipped only if they cannot be
@@ -184,14 +185,17 @@ def _filter_toc(node, keep: set[str]):
 
 def build_small_book(root: Path, stems: list[str], executed: dict[str, Path]) -> Path:
     """A copy of the book's sources in ``root`` with ``stems`` executed; returns ``root/_build/html``."""
+    from lib.book.citations import bib_files
     from lib.book.cli import book_copy
     from lib.book.teach import write_exercises
 
     shutil.copy(REPO_ROOT / "_config.yml", root / "_config.yml")
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
     (root / "_toc.yml").write_text(yaml.safe_dump(_filter_toc(toc, set(stems)), sort_keys=False))
-    for bib in REPO_ROOT.glob("*.bib"):
-        shutil.copy(bib, root / bib.name)
+    for bib in bib_files():  # the BibTeX files _config.yml names (references.bib), where it expects them
+        dest = root / bib.relative_to(REPO_ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(bib, dest)
     shutil.copytree(REPO_ROOT / "book", root / "book", ignore=shutil.ignore_patterns("chapters", "exercises"))
     (root / "book" / "chapters").mkdir()
     for stem in stems:
@@ -336,6 +340,43 @@ def test_cross_references_link_chapters_and_exercises(site, browser):
         "an exercise page does not link back to its chapter"
     text = browser.js("return document.querySelector('main').innerText;")
     assert "NotImplementedError" in text and "check(" in text
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[{}]", "", text).lower().split())
+
+
+def test_citations_link_to_the_references_page(site, browser):
+    """Each paper the intro and the built chapters cite is a link to its entry on the References page
+    (``book/references.html#cite-<key>``, the anchor ``bibtex_cite_id`` makes), and the entry there gives its title."""
+    from lib.book.citations import bib_entries, cited_keys, prose_sources
+
+    base, html, stems = site
+    assert (html / "book" / "references.html").exists(), "no References page was rendered"
+    entries, sources = bib_entries(), prose_sources()
+    pages = {"book/intro.html": "book/intro.md"}
+    pages.update({f"book/chapters/{s}.html": f"notebooks/{s}.md" for s in stems})
+    checked = []
+    for page, source in pages.items():
+        keys = sorted(set(cited_keys(sources[source]["prose"])))
+        if not keys:
+            continue
+        browser.get(f"{base}/{page}")
+        hrefs = browser.js("return [...document.querySelectorAll('main a.reference.internal')].map(a => a.href);")
+        for key in keys:
+            target = f"{base}/book/references.html#cite-{key}"
+            assert target in hrefs, f"{page}: the citation of {key!r} does not link to {target}"
+            browser.get(target)
+            text = browser.js("const e = document.getElementById(arguments[0]); return e && e.innerText;",
+                              f"cite-{key}")
+            assert text, f"references.html has no entry #cite-{key}"
+            title = _norm(entries[key].fields["title"])
+            assert title in _norm(text), f"the entry #cite-{key} does not give the title {title!r}: {text[:300]!r}"
+            checked.append((page, key))
+    assert checked, "no page of this book cites anything"
+    browser.get(f"{base}/book/intro.html")  # the licences, in the footer of every page (_config.yml html.extra_footer)
+    text = browser.js("return document.body.innerText;")
+    assert "MIT License" in text and "CC BY 4.0" in text, "the footer does not state the licences"
 
 
 def test_search_finds_a_chapter(site, browser):

@@ -7,6 +7,7 @@
 - ``teach``, ``checks``: exercise versions of the chapters and their checks.
 - ``plotting``: the house style of figures.
 - ``attention_widget``: interactive attention patterns (hover a token), self-contained HTML for the book.
+- ``citations``: the ``{cite}`` roles in the prose against ``references.bib`` (checked before a build).
 - ``cli``: the command line, ``python -m lib {list,run,build,sweep,compare,teach,organisms}``.
 
 Imports: anything below (``lib.worlds``, ``lib.organisms``, ``lib.methods``).

@@ -183,10 +183,19 @@ def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int |
     ``jobs`` chapters run at once (default: one per CPU core, at most one per chapter), each kernel with
     ``cores // jobs`` torch threads; chapters that need an organism another is training wait on the cache's
     per-organism lock, so every organism is still trained once. ``jobs=1`` runs them one after another in
-    ``_toc.yml`` order. ``_build/timings.json`` records each chapter's wall time and the build's.
+    ``_toc.yml`` order. ``_build/timings.json`` records each chapter's wall time and the build's. With ``html``,
+    the citations are checked first (``lib.book.citations.problems``: the BibTeX files ``_config.yml`` names exist
+    and define every cited key), since Sphinx would fail on them only after every chapter has run.
     """
     import os
 
+    if html:
+        from lib.book import citations
+
+        bad = citations.problems()
+        if bad:
+            print("[book] fix the citations first:\n  " + "\n  ".join(bad), file=sys.stderr, flush=True)
+            return 2
     stems = chapters or runner.chapters()
     dest = REPO_ROOT / "book" / "chapters"
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Objective leakage by perplexity differencing (chapter 6).
 
-"Model Organisms Are Leaky: Perplexity Differencing Often Reveals Finetuning Objectives" (Wilhelm, Baroni,
-Abu Baker 2026): sample one completion per short prefix of a general corpus from the fine-tuned model, score
+"Model Organisms Are Leaky: Perplexity Differencing Often Reveals Finetuning Objectives" (Abu Baker, Baroni,
+Wilhelm 2026): sample one completion per short prefix of a general corpus from the fine-tuned model, score
 each completion by ``PPL_ref - PPL_ft`` (perplexity of the completion under a reference model, e.g. the base,
 minus under the fine-tuned model), rank descending, and count how many of the top ``N`` completions reveal the
 fine-tuning objective (``count@topN``). The source's raw difference favours completions the reference finds
