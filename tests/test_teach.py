@@ -87,6 +87,11 @@ def test_exercise_markdown_strips_glue_and_labels():
     assert "See {ref}`sec-results`." in out  # still resolves: to the chapter's label
 
 
+def _r(text: str) -> str:
+    """``text`` with each ○ as the empty place of a rating (``teach.UNMARKED``: ⚪ with the emoji selector)."""
+    return text.replace("○", teach.UNMARKED)
+
+
 META = {"difficulty": 2, "importance": 3, "minutes": 10, "hint": "Use sets.", "expected": "0.5"}
 
 
@@ -136,7 +141,7 @@ def test_exercise_fields_at_the_edges_of_their_ranges_are_accepted():
 
 def test_info_line_and_durations():
     ex = teach.Exercise(("f",), 2, 4, 75, "h", "e")
-    assert teach.info_line(ex) == "**Difficulty** 🔴🔴⚪⚪⚪ · **Importance** 🔵🔵🔵🔵⚪ · **Time** about 1 h 15 min"
+    assert teach.info_line(ex) == _r("**Difficulty** 🔴🔴○○○ · **Importance** 🔵🔵🔵🔵○ · **Time** about 1 h 15 min")
     assert [teach.duration(m) for m in (5, 60, 125)] == ["5 min", "1 h", "2 h 5 min"]
 
 
@@ -250,10 +255,10 @@ def test_exercise_notebook_from_tags(fake_chapter):
     # Before the exercise: the line with difficulty, importance and time, then the hint and expected output, folded.
     info = nb.cells[nb.cells.index(ex[0]) - 1]
     assert info.cell_type == "markdown" and info.metadata["tags"] == [teach.INFO_TAG]
-    assert info.source.splitlines()[0] == "**Difficulty** 🔴⚪⚪⚪⚪ · **Importance** 🔵🔵🔵⚪⚪ · **Time** about 5 min"
+    assert info.source.splitlines()[0] == _r("**Difficulty** 🔴○○○○ · **Importance** 🔵🔵🔵○○ · **Time** about 5 min")
     assert ":::{dropdown} Hint\nMake sets of both.\n:::" in info.source
     assert ":::{dropdown} Expected output\n" in info.source
-    assert checks.success_line("jaccard") in info.source  # what the check cell prints when the function is right
+    assert f"prints `{checks.success_line('jaccard')}`." in info.source  # what the check prints when it is right
     assert "```pycon\n>>> jaccard([(0, 1)], [(0, 1), (1, 2)])\n0.5\n```" in info.source
     assert info.source.count(":::") == 4  # two dropdowns, each closed
     assert "(about 5 min in all)" in srcs[1]
@@ -282,14 +287,15 @@ def test_write_exercises_replaces_stale_and_writes_course_table(fake_chapter, tm
     ex = teach.chapter_exercises("99_heads")
     assert "3.0 min" in teach.course_table({"99_heads": ex}, {"99_heads": 180.0})
     rows = (dest / teach.EXERCISE_TABLE).read_text().splitlines()
-    assert rows[2] == "| {doc}`chapters/99_heads` | {doc}`jaccard <exercises/99_heads>` | 🔴⚪⚪⚪⚪ | 🔵🔵🔵⚪⚪ | 5 min |"
+    assert rows[2] == _r("| {doc}`chapters/99_heads` | {doc}`jaccard <exercises/99_heads>` | 🔴○○○○ | 🔵🔵🔵○○ "
+                          "| 5 min |")
     assert rows[3] == "| **all chapters** | **1 exercise** | | | **5 min** |"
 
 
 def test_exercise_table_totals_chapters_with_several_exercises():
     a, b = teach.Exercise(("f", "g"), 1, 2, 40, "h", "e"), teach.Exercise(("k",), 5, 5, 30, "h", "e")
     rows = teach.exercise_table({"x": [a, b], "y": [b]}, stems=["x", "y", "z"]).splitlines()[2:]
-    assert rows == ["| {doc}`chapters/x` | {doc}`f, g <exercises/x>` | 🔴⚪⚪⚪⚪ | 🔵🔵⚪⚪⚪ | 40 min |",
+    assert rows == [_r("| {doc}`chapters/x` | {doc}`f, g <exercises/x>` | 🔴○○○○ | 🔵🔵○○○ | 40 min |"),
                     "|  | {doc}`k <exercises/x>` | 🔴🔴🔴🔴🔴 | 🔵🔵🔵🔵🔵 | 30 min |",
                     "| | *chapter total* | | | *1 h 10 min* |",
                     "| {doc}`chapters/y` | {doc}`k <exercises/y>` | 🔴🔴🔴🔴🔴 | 🔵🔵🔵🔵🔵 | 30 min |",
@@ -357,9 +363,10 @@ def test_the_teaching_page_lists_every_exercise_of_the_notebooks(tmp_path):
         total += minutes
         if sols:  # the chapter's total
             assert f"<exercises/{stem}>`, about {teach.duration(minutes)} |" in course, stem
-    table = []
+    table, empty = [], re.escape(teach.UNMARKED)
     for r in rows:
-        m = re.match(r"\| [^|]* \| \{doc\}`([^<`]+) <exercises/(\w+)>` \| (🔴*)⚪* \| (🔵*)⚪* \| (.+) \|$", r)
+        m = re.match(r"\| [^|]* \| \{doc\}`([^<`]+) <exercises/(\w+)>` \| (🔴*)(?:%s)* \| (🔵*)(?:%s)* \| (.+) \|$"
+                     % (empty, empty), r)
         if m:
             table.append((m.group(2), m.group(1), m.group(3), m.group(4), m.group(5)))
     assert [(s, n, d, i, teach.duration(t)) for s, n, d, i, t in listed] == table

@@ -65,6 +65,7 @@ EXERCISE_KEYS = {
     "expected": "what the learner should see when the code is right (a value, or >>> lines with their output)",
 }
 SCALE = (1, 5)
+UNMARKED = "\u26aa\ufe0f"  # ⚪ with the emoji selector: text fonts (DejaVu) have a small ○ for U+26AA alone
 MAX_MINUTES = 120
 MAX_HINT = 500
 
@@ -250,8 +251,8 @@ def exercise_markdown(text: str) -> str:
 
 
 def rating(value: int, mark: str, of: int = SCALE[1]) -> str:
-    """``value`` out of ``of`` as marks: ``rating(2, "🔴")`` is ``🔴🔴⚪⚪⚪``."""
-    return mark * value + "⚪" * (of - value)
+    """``value`` out of ``of`` as marks: ``rating(2, "🔴")`` is ``🔴🔴⚪⚪⚪`` (``UNMARKED`` for the empty places)."""
+    return mark * value + UNMARKED * (of - value)
 
 
 def duration(minutes: int) -> str:
@@ -270,7 +271,7 @@ def info_markdown(ex: Exercise) -> str:
     """The info line, then folded "Hint" and "Expected output" dropdowns (MyST, with ``colon_fence``)."""
     from lib.book.checks import success_line
 
-    lines = "\n".join(success_line(n) for n in ex.names)
+    lines = " and ".join(f"`{success_line(n)}`" for n in ex.names)
     expected = ex.expected
     if ">>>" in expected:
         shown = f"On a small example a correct function gives:\n\n```pycon\n{expected}\n```"
@@ -278,8 +279,8 @@ def info_markdown(ex: Exercise) -> str:
         shown = f"You should see:\n\n```text\n{expected}\n```"
     return (f"{info_line(ex)}\n\n"
             f":::{{dropdown}} Hint\n{ex.hint}\n:::\n\n"
-            f":::{{dropdown}} Expected output\nWhen your code is right, the check cell after it prints\n\n"
-            f"```text\n{lines}\n```\n\n{shown}\n:::")
+            f":::{{dropdown}} Expected output\nWhen your code is right, the check cell after it prints {lines}.\n\n"
+            f"{shown}\n:::")
 
 
 def _intro_cell(stem: str, n_exercises: int, smoke: dict[str, Any], minutes: int = 0):
