@@ -340,6 +340,16 @@ def test_cross_references_link_chapters_and_exercises(site, browser):
         "an exercise page does not link back to its chapter"
     text = browser.js("return document.querySelector('main').innerText;")
     assert "NotImplementedError" in text and "check(" in text
+    # Each exercise: the line with difficulty, importance and time, and the hint and expected output, folded.
+    assert "Difficulty" in text and "Importance" in text and "Time about" in text
+    folds = browser.js("return [...document.querySelectorAll('main details')].map(d => "
+                       "({summary: d.querySelector('summary').innerText.trim(), open: d.open}));")
+    summaries = [f["summary"] for f in folds]
+    assert "Hint" in summaries and "Expected output" in summaries, f"exercise page folds: {summaries}"
+    assert not any(f["open"] for f in folds if f["summary"] in ("Hint", "Expected output")), "a fold opens by itself"
+    browser.get(f"{base}/book/teaching.html")
+    text = browser.js("return document.querySelector('main').innerText;")
+    assert "all chapters" in text and "🔴" in text, "the teaching page lacks the list of exercises"
 
 
 def _norm(text: str) -> str:

@@ -146,8 +146,16 @@ def check(name: str, fn: Callable[..., Any], seed: int = 0, trials: int | None =
             raise CheckFailed(f"{name} differs from {c.reference_name} on input {t + 1} "
                               f"({describe_inputs(args, kwargs)}): {msg}")
     if not quiet:
-        print(f"✓ {name} agrees with {c.reference_name} on {n} random inputs")
+        print(success_line(name, n))
     return True
+
+
+def success_line(name: str, trials: int | None = None) -> str:
+    """The line ``check(name, fn)`` prints when ``fn`` agrees with the reference (what a learner should see)."""
+    if name not in CHECKS:
+        raise KeyError(f"no check named {name!r}; checks: {', '.join(sorted(CHECKS))}")
+    c = CHECKS[name]
+    return f"✓ {name} agrees with {c.reference_name} on {trials or c.trials} random inputs"
 
 
 # --------------------------------------------------------------------------- input generators
