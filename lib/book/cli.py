@@ -114,9 +114,10 @@ def headline_cells(stem: str, nb) -> list:
 def book_copy(stem: str, executed: Path, dest: Path) -> None:
     """Copy an executed chapter into the book, reader first: the page opens (after its title and introduction)
     with what the chapter finds over seeds, its headline figure and its paper-vs-ours table (``ftm.headline``);
-    the parameters table with its re-run command and the findings-across-
-    seeds tables close the page in a collapsed section. The raw parameters cell (shown as the table) and
-    papermill's injected cell are removed from the page."""
+    the page closes with a *Downloads* box (the executed notebook, ``results.json`` and the figures, copied into
+    ``dest``'s folder under ``downloads/<stem>/``) and, collapsed, the parameters table with its re-run command and
+    the findings-across-seeds tables. The raw parameters cell (shown as the table) and papermill's injected cell
+    are removed from the page."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
@@ -145,10 +146,49 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
         if table:
             details.append(table)
     body = "\n\n".join(details[1:])
+    files = copy_downloads(stem, executed, Path(dest).parent / DOWNLOADS / stem)
     nb.cells.append(nbformat.v4.new_markdown_cell(
-        f"{details[0]}\n\n::::{{admonition}} The parameters, the re-run command and every finding per seed\n"
+        f"{details[0]}\n\n{downloads_markdown(stem, files)}\n\n"
+        f"::::{{admonition}} The parameters, the re-run command and every finding per seed\n"
         f":class: dropdown\n\n{body}\n::::"))
     nbformat.write(nb, dest)
+
+
+DOWNLOADS = "downloads"  # next to the chapters: book/chapters/downloads/<stem>/
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def copy_downloads(stem: str, executed: Path, folder: Path) -> list[Path]:
+    """Copy what a reader can download from chapter ``stem``'s page into ``folder`` (emptied first): the executed
+    notebook ``executed``, the ``results.json`` beside it and the figures the chapter saved there (``.png``,
+    ``.svg``, ``.pdf``). Returns the copies: notebook, results (if any), figures by name."""
+    import shutil
+
+    executed = Path(executed)
+    run = executed.parent
+    figures = sorted(p for p in run.iterdir() if p.suffix in FIGURE_SUFFIXES and p.is_file())
+    wanted = [executed] + ([run / "results.json"] if (run / "results.json").exists() else []) + figures
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return [Path(shutil.copy2(p, folder / p.name)) for p in wanted]
+
+
+def downloads_markdown(stem: str, files: list[Path]) -> str:
+    """The page's *Downloads* box: ``{download}`` links (Sphinx copies each file into the site) to the executed
+    notebook, ``results.json`` and the figures of ``files`` (``copy_downloads``), relative to the chapter page."""
+    def link(p: Path) -> str:
+        return f"{{download}}`{p.name} <{DOWNLOADS}/{stem}/{p.name}>`"
+
+    nbs = [p for p in files if p.suffix == ".ipynb"]
+    res = [p for p in files if p.name == "results.json"]
+    figs = [p for p in files if p.suffix in FIGURE_SUFFIXES]
+    lines = [f"- the executed notebook {link(p)}: this page as papermill ran it, parameters cell included"
+             for p in nbs]
+    lines += [f"- {link(p)}: every number the page reports, with its parameters and provenance" for p in res]
+    if figs:
+        lines.append("- the figures: " + ", ".join(link(p) for p in figs))
+    return ":::{admonition} Downloads\n:class: note\n\n" + "\n".join(lines) + "\n:::"
 
 
 def build_order(stems: list[str]) -> list[str]:
