@@ -5,7 +5,8 @@ session's shared ``smoke_run`` fixture, so chapters run once per test session), 
 with its parameters table, plus the generated exercise versions and the BibTeX files ``_config.yml`` names; ``jupyter-book build -W -n`` must pass. It
 serves ``_build/html`` on 127.0.0.1 and visits every page: figures load, no cell shows a traceback or a stderr
 block, every internal link and cross-reference resolves (page and anchor), every citation links to its entry on
-the References page, the search page finds a chapter.
+the References page, every chapter's downloads (executed notebook, results.json, figures) are served, the search
+page finds a chapter.
 
 Chromium and chromedriver come from the Debian packages ``chromium`` and ``chromium-driver`` (``make test``
 installs them when missing and root; this test tries the same). It is skipped only if they cannot be
@@ -387,6 +388,28 @@ def test_citations_link_to_the_references_page(site, browser):
     browser.get(f"{base}/book/intro.html")  # the licences, in the footer of every page (_config.yml html.extra_footer)
     text = browser.js("return document.body.innerText;")
     assert "MIT License" in text and "CC BY 4.0" in text, "the footer does not state the licences"
+
+
+def test_chapter_pages_offer_their_downloads(site, browser):
+    """Each chapter page's Downloads box links the executed notebook, results.json and its figures, and the
+    local server returns each of them (the files Sphinx copied into the site, not a 404)."""
+    base, html, stems = site
+    for stem in stems:
+        browser.get(f"{base}/book/chapters/{stem}.html")
+        hrefs = browser.js("return [...document.querySelectorAll('main a.reference.download')].map(a => a.href);")
+        names = {urllib.parse.unquote(h.rsplit("/", 1)[-1]): h for h in hrefs}
+        assert f"{stem}.ipynb" in names and "results.json" in names, f"{stem}: downloads {sorted(names)}"
+        figures = [n for n in names if n.endswith(".png")]
+        assert figures, f"{stem}: no figure among the downloads {sorted(names)}"
+        got = {}
+        for name in (f"{stem}.ipynb", "results.json", figures[0]):
+            with urllib.request.urlopen(names[name], timeout=30) as r:
+                assert r.status == 200, f"{stem}: {names[name]} -> HTTP {r.status}"
+                got[name] = r.read()
+        assert "provenance" in json.loads(got["results.json"])
+        nb = json.loads(got[f"{stem}.ipynb"])
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])  # papermill's run
+        assert got[figures[0]].startswith(b"\x89PNG")
 
 
 def test_search_finds_a_chapter(site, browser):

@@ -173,6 +173,10 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     (tmp_path / "run").mkdir()
     nbformat.write(nb, tmp_path / "run" / f"{STEM}.ipynb")
     (tmp_path / "run" / "results.json").write_text(json.dumps(_ch0(0, nm=0)))
+    (tmp_path / "run" / "training_curve.png").write_bytes(b"png")
+    (tmp_path / "run" / "notes.txt").write_text("not a download")
+    (tmp_path / "downloads" / STEM).mkdir(parents=True)
+    (tmp_path / "downloads" / STEM / "stale.png").write_bytes(b"a figure of an earlier build")
     book_copy(STEM, tmp_path / "run" / f"{STEM}.ipynb", tmp_path / "out.ipynb")
     cells = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
     assert cells[0].source == "# Chapter\n\nThe claim in one paragraph."
@@ -187,6 +191,12 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     assert cells[6].source == "## Analysis"
     last = cells[-1].source  # the details close the page, collapsed
     assert last.startswith("## Parameters, seeds and tests") and ":class: dropdown" in last
+    # the downloads: copied beside the page, linked with {download} (paths relative to the page)
+    assert sorted(p.name for p in (tmp_path / "downloads" / STEM).iterdir()) == \
+        sorted([f"{STEM}.ipynb", "results.json", "training_curve.png"])
+    assert last.index(":::{admonition} Downloads") < last.index(":class: dropdown")
+    for name in (f"{STEM}.ipynb", "results.json", "training_curve.png"):
+        assert f"{{download}}`{name} <downloads/{STEM}/{name}>`" in last
     assert last.index(":::{admonition} Parameters of this chapter") < last.index(":::{admonition} Findings across seeds")
     rows = [line for line in last.split("Findings across seeds")[1].splitlines() if line.startswith("| ") and "`" in line]
     marks = [r.split(" | ")[2] for r in rows]

@@ -1,6 +1,7 @@
 """Layer 4, the book: the machinery that runs chapters, decides findings and builds the site.
 
 - ``runner``: the chapter list (``_toc.yml``), parameter validation, papermill execution.
+- ``progress``: where a book build is (a status line per running chapter) and its closing summary.
 - ``chapter``: the helpers a chapter notebook calls (``finish``, ``glue_all``, ``chapter_params``).
 - ``findings``: findings declared in front matter, their per-seed and pooled verdicts, seed records.
 - ``sweep``: seed sweeps (a local process pool, or a Dask cluster).

@@ -7,8 +7,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-from lib.book import findings, runner
+from lib.book import findings, progress, runner
 from lib.organisms.seeding import REPO_ROOT
 
 
@@ -113,9 +114,10 @@ def headline_cells(stem: str, nb) -> list:
 def book_copy(stem: str, executed: Path, dest: Path) -> None:
     """Copy an executed chapter into the book, reader first: the page opens (after its title and introduction)
     with what the chapter finds over seeds, its headline figure and its paper-vs-ours table (``ftm.headline``);
-    the parameters table with its re-run command and the findings-across-
-    seeds tables close the page in a collapsed section. The raw parameters cell (shown as the table) and
-    papermill's injected cell are removed from the page."""
+    the page closes with a *Downloads* box (the executed notebook, ``results.json`` and the figures, copied into
+    ``dest``'s folder under ``downloads/<stem>/``) and, collapsed, the parameters table with its re-run command and
+    the findings-across-seeds tables. The raw parameters cell (shown as the table) and papermill's injected cell
+    are removed from the page."""
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
@@ -144,10 +146,49 @@ def book_copy(stem: str, executed: Path, dest: Path) -> None:
         if table:
             details.append(table)
     body = "\n\n".join(details[1:])
+    files = copy_downloads(stem, executed, Path(dest).parent / DOWNLOADS / stem)
     nb.cells.append(nbformat.v4.new_markdown_cell(
-        f"{details[0]}\n\n::::{{admonition}} The parameters, the re-run command and every finding per seed\n"
+        f"{details[0]}\n\n{downloads_markdown(stem, files)}\n\n"
+        f"::::{{admonition}} The parameters, the re-run command and every finding per seed\n"
         f":class: dropdown\n\n{body}\n::::"))
     nbformat.write(nb, dest)
+
+
+DOWNLOADS = "downloads"  # next to the chapters: book/chapters/downloads/<stem>/
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def copy_downloads(stem: str, executed: Path, folder: Path) -> list[Path]:
+    """Copy what a reader can download from chapter ``stem``'s page into ``folder`` (emptied first): the executed
+    notebook ``executed``, the ``results.json`` beside it and the figures the chapter saved there (``.png``,
+    ``.svg``, ``.pdf``). Returns the copies: notebook, results (if any), figures by name."""
+    import shutil
+
+    executed = Path(executed)
+    run = executed.parent
+    figures = sorted(p for p in run.iterdir() if p.suffix in FIGURE_SUFFIXES and p.is_file())
+    wanted = [executed] + ([run / "results.json"] if (run / "results.json").exists() else []) + figures
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return [Path(shutil.copy2(p, folder / p.name)) for p in wanted]
+
+
+def downloads_markdown(stem: str, files: list[Path]) -> str:
+    """The page's *Downloads* box: ``{download}`` links (Sphinx copies each file into the site) to the executed
+    notebook, ``results.json`` and the figures of ``files`` (``copy_downloads``), relative to the chapter page."""
+    def link(p: Path) -> str:
+        return f"{{download}}`{p.name} <{DOWNLOADS}/{stem}/{p.name}>`"
+
+    nbs = [p for p in files if p.suffix == ".ipynb"]
+    res = [p for p in files if p.name == "results.json"]
+    figs = [p for p in files if p.suffix in FIGURE_SUFFIXES]
+    lines = [f"- the executed notebook {link(p)}: this page as papermill ran it, parameters cell included"
+             for p in nbs]
+    lines += [f"- {link(p)}: every number the page reports, with its parameters and provenance" for p in res]
+    if figs:
+        lines.append("- the figures: " + ", ".join(link(p) for p in figs))
+    return ":::{admonition} Downloads\n:class: note\n\n" + "\n".join(lines) + "\n:::"
 
 
 def build_order(stems: list[str]) -> list[str]:
@@ -158,34 +199,87 @@ def build_order(stems: list[str]) -> list[str]:
 
 
 def run_parallel(stems: list[str], outs: dict[str, str], jobs: int, threads: int, on_done,
-                 execute=runner.execute_chapter) -> None:
-    """``execute(stem, outs[stem])`` for every stem in ``jobs`` spawned worker processes with ``threads`` torch /
-    OpenMP threads each, started in ``stems``' order; ``on_done(stem, result)`` in this process as each finishes.
-    ``execute`` must be a module-level function (it is pickled by name). A failing chapter raises here."""
+                 execute=runner.execute_chapter, console: Optional[progress.BuildConsole] = None,
+                 status_dir: Optional[Path] = None, params: Optional[dict[str, dict]] = None,
+                 poll_s: float = 1.0) -> dict[str, BaseException]:
+    """``execute(stem, outs[stem], params[stem], status=<file>)`` for every stem in ``jobs`` spawned worker processes
+    with ``threads`` torch / OpenMP threads each, started in ``stems``' order; ``on_done(stem, result)`` in this
+    process as each finishes. ``execute`` must be a module-level function (it is pickled by name).
+
+    Each worker writes its chapter's progress to ``status_dir/<stem>.json`` (``lib.book.progress.StatusFile``);
+    ``console`` (a ``BuildConsole``), if given, shows it about every ``poll_s`` seconds and reports each chapter's
+    end. A chapter that fails does not stop the others: returns ``{stem: exception}`` of the failures (a
+    ``runner.ChapterError`` names the cell and the error), after every chapter has run.
+    """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from lib.book.sweep import _set_threads
 
+    status_dir = Path(status_dir) if status_dir is not None else REPO_ROOT / "_build" / "progress"
+    status_dir.mkdir(parents=True, exist_ok=True)
+    status = {s: status_dir / f"{s}.json" for s in stems}
+    for f in status.values():
+        f.unlink(missing_ok=True)
+    failures: dict[str, BaseException] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_set_threads, initargs=(threads,)) as pool:
-        futs = {}
-        for stem in stems:
-            print(f"[book] queued {stem}", flush=True)
-            futs[pool.submit(execute, stem, outs[stem])] = stem
-        for fut in as_completed(futs):
-            on_done(futs[fut], fut.result())
+        futs = {pool.submit(execute, stem, outs[stem], (params or {}).get(stem), status=str(status[stem])): stem
+                for stem in stems}
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, timeout=poll_s, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: stems.index(futs[f])):
+                stem = futs[fut]
+                began = (progress.read_status(status[stem]) or {}).get("started")
+                seconds = time.time() - began if began else None
+                try:
+                    result = fut.result()
+                    on_done(stem, result)
+                except Exception as e:  # noqa: BLE001 - reported per chapter; the build goes on
+                    failures[stem] = e
+                    if console is not None:
+                        console.failed(stem, seconds, _error_text(e))
+                    continue
+                if console is not None:
+                    console.finished(stem, result if isinstance(result, (int, float)) else seconds)
+            if console is not None:
+                for stem in stems:  # (finished chapters are ignored)
+                    console.update(stem, progress.read_status(status[stem]))
+                console.tick()
+    for f in status.values():
+        f.unlink(missing_ok=True)
+    return failures
 
 
-def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int | None = None) -> int:
-    """Execute every ``_toc.yml`` chapter with default parameters into book/chapters/, then build the HTML.
+def _error_text(e: BaseException) -> str:
+    """A failure as the console shows it: a ``ChapterError``'s own message, else the exception type and message."""
+    if isinstance(e, runner.ChapterError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
-    ``jobs`` chapters run at once (default: one per CPU core, at most one per chapter), each kernel with
-    ``cores // jobs`` torch threads; chapters that need an organism another is training wait on the cache's
-    per-organism lock, so every organism is still trained once. ``jobs=1`` runs them one after another in
-    ``_toc.yml`` order. ``_build/timings.json`` records each chapter's wall time and the build's. With ``html``,
-    the citations are checked first (``lib.book.citations.problems``: the BibTeX files ``_config.yml`` names exist
-    and define every cited key), since Sphinx would fail on them only after every chapter has run.
+
+TIMINGS = REPO_ROOT / "_build" / "timings.json"
+SMOKE_TIMINGS = REPO_ROOT / "_build" / "timings-smoke.json"
+
+
+def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int | None = None,
+               smoke: bool = False, stream=None) -> int:
+    """Execute every ``_toc.yml`` chapter (or ``chapters``) with default parameters into book/chapters/, then build
+    the HTML. Returns the exit status: 1 if a chapter failed (then no HTML is built).
+
+    ``jobs`` chapters run at once (default: one per CPU core, at most one per chapter), each in a worker process
+    whose kernel has ``cores // jobs`` torch threads; chapters that need an organism another is training wait on
+    the cache's per-organism lock, so every organism is still trained once. ``jobs=1`` runs them one after another
+    in ``_toc.yml`` order. While chapters run, the console shows where each one is (``lib.book.progress``),
+    against the last build's times; a summary table closes the execution.
+
+    ``_build/timings.json`` records each chapter's wall time and the build's (``_wall_s``, with ``_jobs`` at a time,
+    for ``_chapters`` chapters); a chapter this build did not run keeps its earlier time. ``smoke``: each chapter at
+    its ``ftm.smoke`` parameters (a quick check of the machinery; the numbers are not the book's), timed in
+    ``_build/timings-smoke.json`` instead. ``stream``: where the progress goes (default stdout). With ``html``, the
+    citations are checked first (``lib.book.citations.problems``: the BibTeX files ``_config.yml`` names exist and
+    define every cited key), since Sphinx would fail on them only after every chapter has run.
     """
     import os
 
@@ -201,41 +295,52 @@ def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int |
     dest.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
     jobs = max(1, min(jobs or cores, len(stems)))
+    threads = max(1, cores // jobs)
+    timings_file = SMOKE_TIMINGS if smoke else TIMINGS
+    last = progress.load_timings(timings_file)
+    if last.get("_chapters") != len(stems):  # the build's total is compared with a build of as many chapters only
+        last.pop("_wall_s", None)
+    params = {s: runner.notebook_meta(s)["smoke"] for s in stems} if smoke else None
     timings: dict[str, float] = {}
-    started = time.time()
     outs = {s: REPO_ROOT / "_build" / "results" / s for s in stems}
+    order = build_order(stems) if jobs > 1 else stems
+    console = progress.BuildConsole(order, last, jobs, **({"stream": stream} if stream is not None else {}))
+    console.message(f"{len(stems)} chapter(s), {jobs} at a time, {threads} torch thread(s) each"
+                    + (", smoke parameters (not the book's numbers)" if smoke else "")
+                    + (f"; the last build of as many took {progress.fmt_duration(last['_wall_s'])}"
+                       if "_wall_s" in last else ""))
+    started = time.time()
 
     def done(stem: str, seconds: float) -> None:
         timings[stem] = round(seconds, 1)
         book_copy(stem, outs[stem] / f"{stem}.ipynb", dest / f"{stem}.ipynb")
-        print(f"[book] {stem}: {timings[stem]}s ({time.time() - started:.0f}s into the build)", flush=True)
 
-    if jobs == 1:
-        for stem in stems:
-            print(f"[book] executing {stem} ...", flush=True)
-            done(stem, runner.execute_chapter(stem, str(outs[stem])))
-    else:
-        threads = max(1, cores // jobs)
-        print(f"[book] {len(stems)} chapters, {jobs} at a time, {threads} torch thread(s) each", flush=True)
-        run_parallel(build_order(stems), {s: str(o) for s, o in outs.items()}, jobs, threads, done)
-    timings = {s: timings[s] for s in stems}
+    failures = run_parallel(order, {s: str(o) for s, o in outs.items()}, jobs, threads, done, console=console,
+                            params=params)
+    console.close()
+    merged = {**{s: v for s, v in last.items() if not s.startswith("_")}, **timings}
+    timings = {s: merged[s] for s in runner.chapters() + sorted(merged) if s in merged}  # _toc.yml order
     (REPO_ROOT / "_build").mkdir(exist_ok=True)
-    (REPO_ROOT / "_build" / "timings.json").write_text(json.dumps(
-        {**timings, "_wall_s": round(time.time() - started, 1), "_jobs": jobs}, indent=2))
+    timings_file.write_text(json.dumps({**timings, "_wall_s": round(time.time() - started, 1), "_jobs": jobs,
+                                        "_chapters": len(stems)}, indent=2))
+    if failures:
+        console.message(f"{len(failures)} chapter(s) failed: {', '.join(failures)}; no HTML built")
+        return 1
     from lib.book.teach import write_exercises  # exercise versions: generated, never committed (book/exercises/)
 
-    print(f"[book] {len(write_exercises())} exercise notebook(s) -> book/exercises/", flush=True)
+    console.message(f"{len(write_exercises())} exercise notebook(s) -> book/exercises/")
     if not html:
         return 0
     # jupyter_book has no __main__ module, so `python -m jupyter_book` fails: call its CLI entry point.
     jb = "import sys; from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; sys.exit(main())"
     cmd = [sys.executable, "-c", jb, "build", str(REPO_ROOT), "--builder", "html", "-W", "-n", "--keep-going"]
-    print("[book]", " ".join(cmd), flush=True)
+    console.message(" ".join(cmd))
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
 def _cmd_build(args) -> int:
-    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html, jobs=args.jobs)
+    return build_book([runner.resolve(c) for c in args.chapters] or None, html=not args.no_html, jobs=args.jobs,
+                      smoke=args.smoke)
 
 
 def _cmd_organisms(args) -> int:
@@ -333,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("chapters", nargs="*", help="only these chapters (default: all in _toc.yml)")
     b.add_argument("--no-html", action="store_true", help="execute only")
     b.add_argument("--jobs", type=int, help="chapters executed at once (default: one per CPU core; 1: in order)")
+    b.add_argument("--smoke", action="store_true",
+                   help="each chapter at its small test parameters (ftm.smoke): checks the build in minutes; the "
+                        "numbers are not the book's")
     b.set_defaults(fn=_cmd_build)
     sub.add_parser("organisms", help="list cached organisms").set_defaults(fn=_cmd_organisms)
     _add_seed_and_teach_commands(sub)
@@ -342,4 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     except runner.ParameterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except runner.ChapterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 

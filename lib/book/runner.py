@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -202,16 +203,131 @@ def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+class ChapterError(RuntimeError):
+    """A chapter stopped in one of its cells: names the chapter, the cell (``cell`` of ``n_cells`` code cells,
+    numbered as the executed notebook's ``In [cell]``: the parameters cell is 1, papermill's injected cell 2), its
+    first line, and the error (``ename``: the exception type, ``evalue``: its message). ``notebook``: the executed
+    notebook, which holds the traceback. Pickles (a build's worker processes send it to the parent)."""
+
+    def __init__(self, stem: str, cell: Optional[int], n_cells: int, line: str, ename: str, evalue: str,
+                 notebook: str = ""):
+        self.stem, self.cell, self.n_cells, self.line = stem, cell, n_cells, line
+        self.ename, self.evalue, self.notebook = ename, evalue, notebook
+        super().__init__(self.message())
+
+    def __reduce__(self):
+        return (ChapterError, (self.stem, self.cell, self.n_cells, self.line, self.ename, self.evalue,
+                               self.notebook))
+
+    def message(self) -> str:
+        evalue = "\n".join(self.evalue.strip().splitlines()[:8])
+        if len(evalue) > 1000:
+            evalue = evalue[:999] + "…"
+        where = (f"cell {self.cell} of {self.n_cells}" if self.cell else "before its first cell")
+        line = f": {self.line}" if self.cell and self.line else ""
+        text = f"chapter {self.stem} failed in {where}{line}\n{self.ename}: {evalue}" if evalue else \
+            f"chapter {self.stem} failed in {where}{line}\n{self.ename}"
+        return text + (f"\nthe traceback is in the executed notebook {self.notebook}" if self.notebook else "")
+
+
+def _code_cells(nb) -> list[int]:
+    """Indices of the cells a kernel executes (non-empty code cells), in order: their position in this list,
+    from 1, is the ``In [n]`` they get."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+
+
+@functools.lru_cache(maxsize=None)
+def _engine():
+    """papermill's nbclient engine with three additions, registered as papermill engine ``"ftm"``:
+
+    - ``on_cell(cell, n_cells, source)``, called as each code cell starts (``cell`` numbered from 1 as its
+      ``In [cell]``), so that a build can show where a chapter is;
+    - kernels whose traffic is encrypted (CurveZMQ keys provisioned by jupyter_client, when the kernelspec declares
+      support and pyzmq has it). Besides closing the plain-text TCP channel, this is what keeps ipykernel from
+      printing "Kernel is running over TCP without encryption" to the console for every chapter;
+    - ``kernel_log``: a file for the kernel process's own stdout and stderr (its log lines, e.g. the spurious
+      "KeyboardInterrupt caught in kernel" when jupyter_client interrupts a kernel it is shutting down), which
+      would otherwise cut through a build's status lines. The cells' output goes to the notebook as always.
+    """
+    import zmq
+    from jupyter_client import AsyncKernelManager
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+    from traitlets import default
+
+    class Manager(NotebookExecutionManager):
+        on_cell = None
+        current = (0, "")  # the code cell running now: (number, source)
+
+        def cell_start(self, cell, cell_index=None, **kwargs):
+            super().cell_start(cell, cell_index, **kwargs)
+            if not hasattr(self, "_order"):
+                self._order = {i: k + 1 for k, i in enumerate(_code_cells(self.nb))}
+            if cell_index in self._order:
+                self.current = (self._order[cell_index], cell.source)
+                if self.on_cell is not None:
+                    self.on_cell(self._order[cell_index], len(self._order), cell.source)
+
+    class KernelManager(AsyncKernelManager):
+        kernel_log: Optional[Path] = None
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):  # jupyter_client's documented override point
+            if self.kernel_log is None or "stderr" in kw:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(self.kernel_log, "ab") as f:  # the kernel keeps its own descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": f, "stderr": f})
+
+    if "transport_encryption" in AsyncKernelManager.class_trait_names():  # a recent jupyter_client (8.10 here)
+        class KernelManager(KernelManager):  # noqa: F811 - the same, encrypted
+            @default("transport_encryption")
+            def _encrypt_when_supported(self):
+                return "auto" if zmq.has("curve") else "disabled"
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, on_cell=None, kernel_log=None, **kwargs):
+            """``papermill.engines.Engine.execute_notebook`` with ``Manager`` (and ``on_cell``) in place of
+            papermill's execution manager and ``KernelManager`` (with ``kernel_log``) in place of jupyter_client's.
+            A non-cell failure (the kernel died, a timeout) is raised as ``_KernelFailure`` naming the cell that
+            was running."""
+            nb_man = Manager(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                             autosave_cell_every=autosave_cell_every)
+            nb_man.on_cell = on_cell
+            kwargs.setdefault("kernel_manager_class", type("KernelManager", (KernelManager,),
+                                                           {"kernel_log": kernel_log}))
+            nb_man.notebook_start()
+            try:
+                cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+            except Exception as e:
+                raise _KernelFailure(nb_man.current[0], len(_code_cells(nb_man.nb)), nb_man.current[1], e) from e
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+            return nb_man.nb
+
+    papermill_engines.register("ftm", Engine)
+    return Engine
+
+
+class _KernelFailure(Exception):
+    """Execution stopped outside a cell's own code (the kernel died, a timeout): which cell was running."""
+
+    def __init__(self, cell: int, n_cells: int, source: str, error: BaseException):
+        super().__init__(cell, n_cells, source, error)
+        self.cell, self.n_cells, self.source, self.error = cell, n_cells, source, error
+
+
 def run_notebook(name: str, params: Optional[dict[str, Any]] = None, out_dir: Optional[str | os.PathLike] = None,
-                 progress: bool = False, log_output: bool = False) -> dict[str, Any]:
+                 progress: bool = False, log_output: bool = False,
+                 on_cell: Optional[Callable[[int, int, str], None]] = None) -> dict[str, Any]:
     """Execute chapter ``name`` with ``params`` via papermill; return its ``results.json`` as a dict.
 
     The executed notebook is written to ``out_dir/<stem>.ipynb`` and the chapter writes ``results.json`` and
     figures into ``out_dir`` (passed as ``OUTPUT_DIR``). ``out_dir`` defaults to
-    ``runs/<stem>/<hash of params>/``. A cell error raises ``papermill.PapermillExecutionError``.
+    ``runs/<stem>/<hash of params>/``. ``on_cell(cell, n_cells, source)`` is called as each code cell starts
+    (``cell`` from 1, as the executed notebook's ``In [cell]``). A failing cell raises ``ChapterError`` naming
+    the cell (number, first line) and the error.
     """
-    import papermill as pm
-
     stem = resolve(name)
     params = validate_params(stem, dict(params or {}))
     params.pop("OUTPUT_DIR", None)
@@ -221,34 +337,75 @@ def run_notebook(name: str, params: Optional[dict[str, Any]] = None, out_dir: Op
     stale = out / "results.json"
     if stale.exists():
         stale.unlink()
-    nb = read_notebook(stem)
-    import nbformat
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / f"{stem}.ipynb"
-        nbformat.write(nb, src)
-        pm.execute_notebook(str(src), str(out / f"{stem}.ipynb"), parameters={**params, "OUTPUT_DIR": str(out)},
-                            kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=progress,
-                            log_output=log_output, report_mode=False)
+    execute_notebook(read_notebook(stem), out / f"{stem}.ipynb", {**params, "OUTPUT_DIR": str(out)}, stem=stem,
+                     progress=progress, log_output=log_output, on_cell=on_cell)
     if not stale.exists():
         raise RuntimeError(f"chapter {stem!r} ran but wrote no results.json into {out}")
     return json.loads(stale.read_text())
 
 
+def execute_notebook(nb, dest: str | os.PathLike, parameters: dict[str, Any], stem: Optional[str] = None,
+                     progress: bool = False, log_output: bool = False,
+                     on_cell: Optional[Callable[[int, int, str], None]] = None) -> None:
+    """Execute the nbformat notebook ``nb`` with papermill (``parameters`` injected, working directory the
+    repository root) into ``dest``; the machinery under ``run_notebook``, for any notebook. A failing cell (or a
+    kernel that dies in one) raises ``ChapterError`` naming ``stem`` (default: ``dest``'s stem), the cell and the
+    error. The kernel process's own log lines go to ``<dest stem>.kernel.log`` beside ``dest`` (removed if empty);
+    when the kernel dies, their last lines are part of the error."""
+    import nbformat
+    import papermill as pm
 
-def execute_chapter(stem: str, out: str, params: Optional[dict[str, Any]] = None) -> float:
+    from lib.book.progress import first_line
+
+    _engine()
+    dest = Path(dest)
+    stem = stem or dest.stem
+    shown = dest.resolve()
+    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown  # short in messages
+    kernel_log = dest.with_name(f"{dest.stem}.kernel.log")
+    kernel_log.unlink(missing_ok=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / f"{stem}.ipynb"
+            nbformat.write(nb, src)
+            pm.execute_notebook(str(src), str(dest), parameters=parameters, kernel_name="python3",
+                                cwd=str(REPO_ROOT), progress_bar=progress, log_output=log_output,
+                                report_mode=False, engine_name="ftm", on_cell=on_cell,
+                                kernel_log=kernel_log.resolve())
+    except pm.PapermillExecutionError as e:
+        n_cells = len(_code_cells(nbformat.read(dest, as_version=4))) if dest.exists() else 0
+        raise ChapterError(stem, e.exec_count, n_cells, first_line(e.source or "", 100), e.ename, str(e.evalue),
+                           str(shown)) from None
+    except _KernelFailure as e:
+        err = e.error
+        log = kernel_log.read_text(errors="replace").strip().splitlines()[-5:] if kernel_log.exists() else []
+        evalue = "\n".join([str(err)] + ([f"the kernel's last log lines ({kernel_log.name}):"] + log if log else []))
+        raise ChapterError(stem, e.cell, e.n_cells, first_line(e.source or "", 100), type(err).__name__, evalue,
+                           str(shown) if dest.exists() else "") from err
+    finally:
+        if kernel_log.exists() and kernel_log.stat().st_size == 0:
+            kernel_log.unlink()
+
+
+def execute_chapter(stem: str, out: str, params: Optional[dict[str, Any]] = None,
+                    status: Optional[str] = None) -> float:
     """Run chapter ``stem`` (defaults, or ``params``) into ``out`` and return its wall time in seconds. A module-level
-    function, so that the parallel book build can hand it to worker processes (``python -m lib build``)."""
+    function, so that the parallel book build can hand it to worker processes (``python -m lib build``).
+    ``status``: a file the chapter's progress is written to as each code cell starts (``lib.book.progress``)."""
     import time
 
+    from lib.book.progress import StatusFile
+
     t = time.time()
-    run_notebook(stem, dict(params or {}), out)
+    run_notebook(stem, dict(params or {}), out, on_cell=StatusFile(status, stem) if status else None)
     return time.time() - t
 
 
-def worker_report(stem: str, out: str) -> dict[str, Any]:
+def worker_report(stem: str, out: str, params: Optional[dict[str, Any]] = None,
+                  status: Optional[str] = None) -> dict[str, Any]:
     """What a build worker process sees, for checking the parallel build without executing chapters: its pid, its
-    torch thread count and ``OMP_NUM_THREADS``, and the chapter's resolved stem (``out`` is unused)."""
+    torch thread count and ``OMP_NUM_THREADS``, and the chapter's resolved stem (``out``, ``params`` and ``status``
+    are unused)."""
     import torch
 
     return {"stem": resolve(stem), "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
