@@ -1,6 +1,7 @@
 """Layer 4, the book: the machinery that runs chapters, decides findings and builds the site.
 
 - ``runner``: the chapter list (``_toc.yml``), parameter validation, papermill execution.
+- ``ranges``: the allowed values each parameter declares in its comment (``[0, ∞)``, ``{cpu, cuda}``), and their check.
 - ``chapter``: the helpers a chapter notebook calls (``finish``, ``glue_all``, ``chapter_params``).
 - ``findings``: findings declared in front matter, their per-seed and pooled verdicts, seed records.
 - ``sweep``: seed sweeps (a local process pool, or a Dask cluster).
