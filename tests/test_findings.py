@@ -208,7 +208,7 @@ def test_tables_escape_pipes():
 
     md = parameters_markdown("01_amplification")  # THRESHOLD's meaning says |path-patching effect|
     row = next(line for line in md.splitlines() if line.startswith("| `THRESHOLD`"))
-    assert row.count(" | ") == 2 and "\\|path-patching effect\\|" in row
+    assert row.count(" | ") == 3 and "\\|path-patching effect\\|" in row  # name, default, allowed, meaning
     assert "-p SEED 1 -p BASE_STEPS 1000" in md  # the example re-run sets a number, not a string
     assert findings.table_cell("a | b\nc") == "a \\| b c"
 

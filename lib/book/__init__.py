@@ -2,6 +2,7 @@
 
 - ``runner``: the chapter list (``_toc.yml``), parameter validation, papermill execution.
 - ``progress``: where a book build is (a status line per running chapter) and its closing summary.
+- ``ranges``: the allowed values each parameter declares in its comment (``[0, ∞)``, ``{cpu, cuda}``), and their check.
 - ``chapter``: the helpers a chapter notebook calls (``finish``, ``glue_all``, ``chapter_params``).
 - ``findings``: findings declared in front matter, their per-seed and pooled verdicts, seed records.
 - ``sweep``: seed sweeps (a local process pool, or a Dask cluster).

@@ -18,7 +18,7 @@ def _cmd_list(args) -> int:
         meta = runner.notebook_meta(stem)
         print(f"{stem}")
         for p in runner.notebook_parameters(stem).values():
-            print(f"    {p.name:<16} {p.type_name:<6} default {p.default!r:<28} {p.meaning}")
+            print(f"    {p.name:<16} {p.type_name:<6} default {p.default!r:<28} {p.allowed or '-':<24} {p.meaning}")
         if meta.get("smoke"):
             print(f"    (smoke test parameters: {meta['smoke']})")
     return 0
@@ -42,14 +42,17 @@ def _cmd_run(args) -> int:
 
 
 def parameters_markdown(stem: str) -> str:
-    """The parameters table (name, default, meaning) and a copy-paste re-run command for chapter ``stem``."""
-    params = [p for p in runner.notebook_parameters(stem).values() if p.name != "OUTPUT_DIR"]
-    rows = "\n".join(f"| `{p.name}` | `{p.default!r}` | {findings.table_cell(p.meaning)} |" for p in params)
+    """The parameters table (name, default, allowed values, meaning) and a copy-paste re-run command for chapter
+    ``stem``."""
+    params = [p for p in runner.notebook_parameters(stem).values() if p.name not in runner.SET_BY_RUNNER]
+    rows = "\n".join(f"| `{p.name}` | `{p.default!r}` | {f'`{p.allowed}`' if p.allowed else '–'} | "
+                     f"{findings.table_cell(p.meaning)} |" for p in params)
     numeric = [p for p in params if p.name != "SEED" and type(p.default) in (int, float)]
     example = (numeric or [p for p in params if p.name != "SEED"] or params)[0]
     return (f":::{{admonition}} Parameters of this chapter\n:class: tip\n\n"
-            f"| parameter | default | meaning |\n|---|---|---|\n{rows}\n\n"
-            f"Re-run it with other values (results land in `runs/{stem}/<hash>/`):\n\n"
+            f"| parameter | default | allowed | meaning |\n|---|---|---|---|\n{rows}\n\n"
+            f"Re-run it with other values (results land in `runs/{stem}/<hash>/`; a value outside its allowed "
+            f"range is refused before anything runs):\n\n"
             f"```bash\n.venv/bin/python -m lib run {stem} -p SEED 1 -p {example.name} {example.default!r}\n```\n:::")
 
 
@@ -291,6 +294,8 @@ def build_book(chapters: list[str] | None = None, html: bool = True, jobs: int |
             print("[book] fix the citations first:\n  " + "\n  ".join(bad), file=sys.stderr, flush=True)
             return 2
     stems = chapters or runner.chapters()
+    for stem in stems:  # every chapter's defaults against its declared ranges, before any chapter starts
+        runner.validate_params(stem, {})
     dest = REPO_ROOT / "book" / "chapters"
     dest.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -425,11 +430,13 @@ def _add_seed_and_teach_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="chapters and their parameters with defaults").set_defaults(fn=_cmd_list)
+    sub.add_parser("list", help="chapters and their parameters: type, default, allowed values, meaning"
+                   ).set_defaults(fn=_cmd_list)
     r = sub.add_parser("run", help="execute one chapter with parameters")
     r.add_argument("chapter", help="stem (01_amplification), number (1) or name (amplification)")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                   help="override a parameter (repeatable); values are parsed as YAML")
+                   help="override a parameter (repeatable); values are parsed as YAML and checked against the "
+                        "parameter's allowed values (python -m lib list) before anything runs")
     r.add_argument("--out", help="output folder (default runs/<chapter>/<hash of parameters>/)")
     r.add_argument("--log", action="store_true", help="stream the notebook's output")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

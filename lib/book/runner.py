@@ -2,12 +2,16 @@
 
 Chapters are the notebooks listed in ``_toc.yml`` (entries ``book/chapters/<stem>``, sources
 ``notebooks/<stem>.md``), so nothing here keeps its own list. Each notebook has exactly one cell tagged
-``parameters`` holding plain ``UPPER_CASE = literal  # meaning`` lines; ``OUTPUT_DIR`` is one of them and the
-notebook writes ``results.json`` and its figures there. Its front matter may carry ``ftm.smoke``: the small
-parameters the tests run it with.
+``parameters`` holding plain ``UPPER_CASE = literal  # <allowed values> meaning`` lines, the allowed values
+declared as ``lib.book.ranges`` describes (``SEED = 0  # [0, ∞) seed ...``, ``POISON_FRAC = 1.0  # [0, 1] ...``).
+``OUTPUT_DIR`` is one of them, the one set by the runner itself (``run_notebook``'s ``out_dir``), with no
+declaration; the notebook writes ``results.json`` and its figures there. Its front matter may carry
+``ftm.smoke``: the small parameters the tests run it with.
 
-papermill accepts any parameter name silently; ``validate_params`` rejects unknown names (suggesting the
-closest) and wrong types, naming the parameter, before anything executes.
+papermill accepts any parameter name and value silently; ``validate_params`` rejects unknown names (suggesting the
+closest), wrong types and values outside their declared ranges, naming the parameter, before anything executes.
+``DEVICE`` is checked by ``lib.organisms.device.resolve_device`` (the one definition of a device; its declaration
+``{cpu, cuda, cuda:N, auto}`` is what the reader sees, and tests keep it equal to ``device.CHOICES``).
 """
 from __future__ import annotations
 
@@ -25,11 +29,13 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from lib.book import ranges
 from lib.organisms.seeding import REPO_ROOT
 
 TOC = REPO_ROOT / "_toc.yml"
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 CHAPTER_PREFIX = "book/chapters/"
+SET_BY_RUNNER = ("OUTPUT_DIR",)  # parameters the runner sets itself: no declared range
 
 
 class ParameterError(ValueError):
@@ -38,13 +44,22 @@ class ParameterError(ValueError):
 
 @dataclass
 class Param:
+    """One parameter of a chapter: its default (whose type values must have), its meaning and its declared allowed
+    values (``None`` where its comment declares none)."""
+
     name: str
     default: Any
     meaning: str
+    domain: Optional[ranges.Domain] = None
 
     @property
     def type_name(self) -> str:
         return type(self.default).__name__
+
+    @property
+    def allowed(self) -> str:
+        """The declared allowed values as text (``"[0, ∞)"``, ``"{cpu, cuda, cuda:N, auto}"``), or ``""``."""
+        return "" if self.domain is None else str(self.domain)
 
 
 def _toc_files(node: Any) -> list[str]:
@@ -103,7 +118,9 @@ _ASSIGN = re.compile(r"^([A-Z][A-Z0-9_]*)\s*(?::[^=]+)?=\s*(.+?)\s*(?:#\s*(.*))?
 
 
 def parse_parameters(source: str) -> dict[str, Param]:
-    """``{name: Param}`` from a parameters cell; every statement must be ``UPPER = literal`` (comments give meanings)."""
+    """``{name: Param}`` from a parameters cell; every statement must be ``UPPER = literal``, its comment giving the
+    allowed values (``lib.book.ranges``) and the meaning. A range bound must name a numeric parameter of the same
+    cell, ``in NAME`` a list parameter."""
     params: dict[str, Param] = {}
     tree = ast.parse(source)
     lines = source.splitlines()
@@ -118,14 +135,38 @@ def parse_parameters(source: str) -> dict[str, Param]:
         except ValueError:
             raise ParameterError(f"parameter {target.id}: default must be a literal") from None
         m = _ASSIGN.match(lines[stmt.lineno - 1].strip())
-        meaning = (m.group(3) or "").strip() if m else ""
-        if "=" in meaning:  # papermill's parameter parser misreads such lines and drops the parameter
-            raise ParameterError(f"parameter {target.id}: its '# meaning' comment must not contain '='")
-        params[target.id] = Param(target.id, value, meaning)
+        comment = (m.group(3) or "").strip() if m else ""
+        if "=" in comment:  # papermill's parameter parser misreads such lines and drops the parameter
+            raise ParameterError(f"parameter {target.id}: its '# meaning' comment must not contain '=' (a range is "
+                                 f"written [0, ∞), not >= 0)")
+        try:
+            domain, meaning = ranges.parse_declaration(comment, value)
+        except ValueError as e:
+            raise ParameterError(f"parameter {target.id}: its declared range {comment!r}: {e}") from None
+        params[target.id] = Param(target.id, value, meaning, domain)
+    for p in params.values():
+        for ref in sorted(p.domain.refs() if p.domain is not None else ()):
+            other = params.get(ref)
+            want_list = isinstance(p.domain, ranges.Member)
+            if other is None or want_list != isinstance(other.default, (list, tuple)) or not (
+                    want_list or isinstance(other.default, (int, float)) and not isinstance(other.default, bool)):
+                raise ParameterError(f"parameter {p.name}: its range {p.domain} names {ref}, which is not a "
+                                     f"{'list' if want_list else 'numeric'} parameter of this cell")
     return params
 
 
 def notebook_parameters(stem: str) -> dict[str, Param]:
+    """``{name: Param}`` of chapter ``stem``'s parameters cell (read once per version of the file: validating many
+    values, as a sweep over seeds does, reads it once)."""
+    path = source_path(stem)
+    if not path.exists():
+        read_notebook(stem)  # raises, naming the chapter
+    st = path.stat()
+    return dict(_parameters_of(stem, str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters_of(stem: str, path: str, mtime_ns: int, size: int) -> dict[str, Param]:
     nb = read_notebook(stem)
     cells = parameter_cells(nb)
     if len(cells) != 1:
@@ -169,7 +210,8 @@ def coerce(name: str, value: Any, default: Any) -> Any:
             return value
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):
-            return list(value)
+            like = default[0] if default and all(type(d) is type(default[0]) for d in default) else None
+            return [v if like is None else coerce(f"{name}[{i}]", v, like) for i, v in enumerate(value)]
     elif default is None:
         return value
     elif isinstance(value, type(default)):
@@ -179,7 +221,15 @@ def coerce(name: str, value: Any, default: Any) -> Any:
 
 
 def validate_params(stem: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Coerced parameters; raises ``ParameterError`` naming any unknown or mistyped parameter."""
+    """Coerced ``params``; raises ``ParameterError`` naming any unknown parameter, any value of the wrong type and
+    any value outside its declared range (with the value and the range).
+
+    Ranges are checked on the run's full set of values (``params`` over the defaults), so a range that names another
+    parameter (``LAYER  # [0, N_LAYERS)``) is checked against that parameter's value in this run, and a default
+    that an override puts out of range (``-p N_LAYERS 2`` with ``LAYER = 2``) is refused too. ``DEVICE``, when
+    given, is checked by ``lib.organisms.device.resolve_device`` (which also refuses a GPU the machine lacks).
+    Nothing is executed.
+    """
     known = notebook_parameters(stem)
     out = {}
     for k, v in params.items():
@@ -189,6 +239,15 @@ def validate_params(stem: str, params: dict[str, Any]) -> dict[str, Any]:
             raise ParameterError(f"unknown parameter {k!r} for chapter {stem!r}{hint} "
                                  f"(known: {', '.join(known)})")
         out[k] = coerce(k, v, known[k].default)
+    values = {**{k: p.default for k, p in known.items()}, **out}
+    for k in [*out, *(k for k in known if k not in out)]:  # what was given first: its error is the one shown
+        p = known[k]
+        if k == "DEVICE" or p.domain is None:
+            continue
+        why = p.domain.violation(values[k], values)
+        if why:
+            given = "" if k in out else " (its default)"
+            raise ParameterError(f"chapter {stem!r}: parameter {k} = {values[k]!r}{given} {why}")
     if "DEVICE" in out:  # a GPU that is not there fails here, before a kernel starts
         from lib.organisms.device import resolve_device
 
@@ -329,7 +388,7 @@ def run_notebook(name: str, params: Optional[dict[str, Any]] = None, out_dir: Op
     the cell (number, first line) and the error.
     """
     stem = resolve(name)
-    params = validate_params(stem, dict(params or {}))
+    params = validate_params(stem, dict(params or {}))  # before papermill is even imported
     params.pop("OUTPUT_DIR", None)
     out = Path(out_dir) if out_dir is not None else REPO_ROOT / "runs" / stem / params_hash(params)
     out = out.resolve()

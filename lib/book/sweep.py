@@ -218,7 +218,7 @@ def sweep(chapter: str, seeds: str | Sequence[int], params: Optional[dict[str, A
     seeds run at once: ``workers`` is ignored). Each seed is one task; the results and records are the same
     whichever runs them.
 
-    Parameters are validated once, before any process starts. Each worker gets ``cpu_count // workers`` torch
+    Parameters and every seed are validated before any process starts. Each worker gets ``cpu_count // workers`` torch
     threads. A seed whose run fails is reported in ``failed`` and left out of the statistics. ``run_fn`` (a
     picklable ``(stem, params, out_dir) -> results``) replaces ``run_notebook``, for tests. Workers are started
     with ``start_method`` ("spawn": fresh interpreters, safe after torch has started threads).
@@ -227,6 +227,8 @@ def sweep(chapter: str, seeds: str | Sequence[int], params: Optional[dict[str, A
     seed_list = parse_seeds(seeds)
     scheduler = check_scheduler(scheduler)
     base = runner.validate_params(stem, {k: v for k, v in (params or {}).items() if k != "SEED"})
+    for s in seed_list:  # each seed against SEED's declared range (and the rest again with it), before any run
+        runner.validate_params(stem, {**base, "SEED": s})
     base.pop("OUTPUT_DIR", None)
     workers = max(1, min(workers or (os.cpu_count() or 1), len(seed_list)))
     root = Path(out_root) if out_root is not None else REPO_ROOT / "runs" / stem
