@@ -88,8 +88,9 @@ def test_record_and_tally_join_the_build_with_recorded_seeds(tmp_path):
     build = _ch0(0, ld=4.0)
     t = {x.finding.id: x for x in findings.tally(STEM, build, root=tmp_path)}
     assert t["ioi_from_pretraining"].by_seed == {0: True, 1: True, 2: False}
-    assert t["ioi_from_pretraining"].sentence() == "holds on 2 of 3 seeds"
-    assert t["has_s_inhibition"].sentence() == "holds on 3 of 3 seeds"
+    assert t["ioi_from_pretraining"].sentence().startswith("holds on 2 of 3 seeds; pooled: does not hold")
+    # 3 of 3 seeds: a sign test over three seeds cannot go below 1/8, so the pooled test cannot hold yet
+    assert t["has_s_inhibition"].sentence().startswith("holds on 3 of 3 seeds; pooled: does not hold")
     md = findings.findings_markdown(STEM, build, root=tmp_path)
     assert "seed 0 (this build) | seed 1 | seed 2 |" in md and "holds on 2 of 3 seeds" in md
     n_find = len(findings.chapter_findings(STEM))
@@ -183,7 +184,7 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     assert cells[1].source.startswith(":::{admonition} What this chapter finds")
     summary = [line for line in cells[1].source.splitlines() if line.startswith("| ") and "seed" in line]
     n = len(json.loads((findings.SEED_DIR / f"{STEM}.json").read_text())["seeds"]) + 1  # recorded + the build's
-    assert summary[0].endswith(f"| holds on {n} of {n} seeds |")  # IOI holds on every seed
+    assert f"| holds on {n} of {n} seeds; pooled: holds" in summary[0]  # IOI holds on every seed
     assert summary[3].endswith(f"| holds on {n - 1} of {n} seeds |")  # this build's seed has no name mover
     assert cells[2].metadata["tags"] == ["remove-input"] and "training_curve" in cells[2].source  # the figure
     assert cells[3].source == "More introduction."
