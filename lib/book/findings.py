@@ -487,7 +487,7 @@ class Tally:
         undecided = sorted(s for s, v in self.by_seed.items() if v is None)
         if undecided and self.n:
             out += f"; undecided on {len(undecided)}"
-        if self.pooled is not None:
+        if self.pooled is not None and self.n >= 2:  # (one seed has nothing to pool)
             out += f"; pooled: {self.pooled.text()}"
         return out
 
