@@ -2,11 +2,14 @@
 
 The test builds a small book: every chapter in ``_toc.yml`` executed with its ``ftm.smoke`` parameters (the
 session's shared ``smoke_run`` fixture, so chapters run once per test session), copied into a temporary book
-with its parameters table, plus the generated exercise versions and the BibTeX files ``_config.yml`` names; ``jupyter-book build -W -n`` must pass. It
-serves ``_build/html`` on 127.0.0.1 and visits every page: figures load, no cell shows a traceback or a stderr
-block, every internal link and cross-reference resolves (page and anchor), every citation links to its entry on
-the References page, every chapter's downloads (executed notebook, results.json, figures) are served, the search
-page finds a chapter.
+with its parameters table, plus the generated exercise versions and the BibTeX files ``_config.yml`` names;
+``jupyter-book build -W -n`` must pass. It serves ``_build/html`` on 127.0.0.1 and visits every page with the
+browser cut off from every other host (as a reader offline is): figures load, no cell shows a traceback or a
+stderr block, every internal link and cross-reference resolves (page and anchor), every citation links to its entry
+on the References page, every chapter's downloads (executed notebook, results.json, figures) are served, no page
+loads anything from another host, formulas are typeset (MathJax is bundled, not fetched from a CDN), chapter
+titles carry their numbers on the page and in the sidebar, each chapter's headline figure fills the text column
+with fonts of at least 10 pt, the attention widget responds to a hover, the search page finds a chapter.
 
 Chromium and chromedriver come from the Debian packages ``chromium`` and ``chromium-driver`` (``make test``
 installs them when missing and root; this test tries the same). It is skipped only if they cannot be
@@ -14,7 +17,8 @@ installed. No Python browser library is needed: the WebDriver protocol is plain 
 
 Environment: ``FTM_BOOK_HTML=<dir>`` checks an existing build (e.g. ``_build/html`` after ``make book``)
 instead of building one; ``FTM_BROWSER_CHAPTERS=00_model_organisms,01_amplification`` builds a book of only
-those chapters (for debugging one chapter).
+those chapters (for debugging one chapter); ``FTM_BROWSER_SHOTS=<dir>`` saves a screenshot of each chapter page's
+top there (to look at).
 """
 from __future__ import annotations
 
@@ -37,13 +41,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.book import runner
+from lib.book import plotting, runner
+from lib.book.cli import HEADLINE_FIGURE_TAG
 from lib.organisms.seeding import REPO_ROOT
 
 pytestmark = pytest.mark.browser
 
+# Offline: every host name fails to resolve, so a page that needs a CDN (MathJax, fonts) shows it. The server is
+# reached by its address, 127.0.0.1. A 1280-px window gives the narrowest desktop text column (676 px).
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-dev-shm-usage", "--window-size=1280,1000"]
+               "--disable-dev-shm-usage", "--window-size=1280,1000",
+               "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
 
 
 # --------------------------------------------------------------------------- chromium
@@ -141,6 +149,11 @@ class WebDriver:
         self._call("POST", f"/session/{self.session}/actions", {"actions": [
             {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [move]}]})
 
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self._call("GET", f"/session/{self.session}/screenshot")))
+
     def close(self) -> None:
         try:
             if getattr(self, "session", None):
@@ -210,17 +223,20 @@ def build_small_book(root: Path, stems: list[str], executed: dict[str, Path]) ->
 
 
 @pytest.fixture(scope="module")
-def book_html(chromium, smoke_run, tmp_path_factory) -> tuple[Path, list[str]]:
+def book_html(chromium, smoke_run, tmp_path_factory) -> tuple[Path, list[str], dict[str, Path]]:
+    """``(html, stems, run_dirs)``: the built site, its chapters, and the folder each chapter ran in (its figures)."""
     if os.environ.get("FTM_BOOK_HTML"):
         html = Path(os.environ["FTM_BOOK_HTML"]).resolve()
         assert (html / "index.html").exists(), f"FTM_BOOK_HTML={html} has no index.html"
-        return html, [s for s in _selected_chapters() if (html / "book" / "chapters" / f"{s}.html").exists()]
+        stems = [s for s in _selected_chapters() if (html / "book" / "chapters" / f"{s}.html").exists()]
+        return html, stems, {s: html.parent / "results" / s for s in stems}  # `make book` runs in _build/results
     stems = _selected_chapters()
     executed = {}
     for stem in stems:
         _, out = smoke_run(stem)
         executed[stem] = out / f"{stem}.ipynb"
-    return build_small_book(tmp_path_factory.mktemp("book"), stems, executed), stems
+    html = build_small_book(tmp_path_factory.mktemp("book"), stems, executed)
+    return html, stems, {s: p.parent for s, p in executed.items()}
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -230,7 +246,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def site(book_html):
-    html, stems = book_html
+    html, stems, _ = book_html
     handler = functools.partial(_QuietHandler, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -258,7 +274,13 @@ const traces = [...main.querySelectorAll('.output.traceback, .output.error, .tra
 const stderr = [...main.querySelectorAll('.output.stderr')].map(e => e.textContent.slice(0, 400));
 const unresolved = [...main.querySelectorAll('.xref')].filter(e => !e.closest('a')).map(e => e.textContent);
 const links = [...main.querySelectorAll('a.reference.internal, a.internal')].map(a => a.href);
-return {title: document.title, imgs, traces, stderr, unresolved, links,
+const local = u => !u || u.startsWith(location.origin + '/') || u.startsWith('data:') || u.startsWith('blob:');
+const fetched = [...document.querySelectorAll('script[src], img[src], iframe[src], source[src], video[src], '
+    + 'audio[src]')].map(e => e.src).concat([...document.querySelectorAll('link[href]')]
+    .filter(l => !['canonical', 'alternate'].includes(l.rel)).map(l => l.href))
+    .concat(performance.getEntriesByType('resource').map(e => e.name));
+const external = [...new Set(fetched.filter(u => !local(u)))];
+return {title: document.title, imgs, traces, stderr, unresolved, links, external,
         text_traceback: main.innerText.includes('Traceback (most recent call last)'),
         h1: (main.querySelector('h1') || {}).textContent || ''};
 """
@@ -308,6 +330,12 @@ def test_every_page_renders_cleanly(site, browser):
             problems.append(f"{page}: a cell shows a stderr block: {rep['stderr'][:2]}")
         if rep["unresolved"]:
             problems.append(f"{page}: unresolved cross-references: {rep['unresolved']}")
+        if rep["external"]:
+            problems.append(f"{page}: loads from other hosts (it needs a network): {rep['external'][:5]}")
+        if os.environ.get("FTM_BROWSER_SHOTS") and page.startswith("book/chapters/"):
+            shots = Path(os.environ["FTM_BROWSER_SHOTS"])
+            shots.mkdir(parents=True, exist_ok=True)
+            browser.screenshot(shots / f"{Path(page).stem}.png")
         for href in rep["links"]:
             links.setdefault(href, page)
     for stem in stems:  # the tables the build inserts: re-run command, and each finding over seeds
@@ -476,3 +504,106 @@ def test_attention_widget_responds_to_hover(site, browser):
         browser.js("document.querySelectorAll('main .ftm-attn .ftm-attn-head')[1].click();")
         other = browser.js(WIDGET_STATE)
         assert other["grid"] != before["grid"], "another head's button did not redraw the grid"
+
+MATH_REPORT = r"""
+const main = document.querySelector('main') || document.body;
+const math = [...main.querySelectorAll('.math')];
+const clone = main.cloneNode(true);  // the page's text without code and typeset formulas: raw TeX must be gone
+clone.querySelectorAll('pre, code, script, style, mjx-container').forEach(e => e.remove());
+const raw = clone.textContent.match(/\\\(|\\\[/g) || [];
+const i = clone.textContent.search(/\\\(|\\\[/);
+return {n_math: math.length, typeset: math.filter(e => e.querySelector('mjx-container')).length,
+        raw: raw.length, sample: i < 0 ? '' : clone.textContent.slice(i, i + 80),
+        mathjax: [...document.scripts].map(s => s.src).filter(s => s.includes('mathjax'))};
+"""
+
+
+def test_formulas_are_typeset_without_a_network(site, browser):
+    """Every page with math shows typeset formulas, not raw ``\\(...\\)``, with the browser offline: MathJax comes
+    with the book (``sphinx-mathjax-offline``), from the local server."""
+    base, html, stems = site
+    checked: dict[str, int] = {}
+    problems: list[str] = []
+    for page in _pages(html):
+        browser.get(f"{base}/{page}")
+        rep = browser.js(MATH_REPORT)
+        for _ in range(60):  # MathJax typesets after the page loads
+            if rep["typeset"] >= rep["n_math"]:
+                break
+            time.sleep(0.5)
+            rep = browser.js(MATH_REPORT)
+        if not rep["n_math"]:
+            continue
+        checked[page] = rep["n_math"]
+        if rep["typeset"] < rep["n_math"] or rep["raw"]:
+            problems.append(f"{page}: {rep['typeset']} of {rep['n_math']} formulas typeset, {rep['raw']} raw TeX "
+                            f"delimiters in the text ({rep['sample']!r}); MathJax from {rep['mathjax']}")
+        if not rep["mathjax"] or not all(s.startswith(base + "/") for s in rep["mathjax"]):
+            problems.append(f"{page}: MathJax is not served by the book itself: {rep['mathjax']}")
+    if "06_objective_leakage" in stems:  # chapter 6 opens with two formulas
+        assert checked.get("book/chapters/06_objective_leakage.html", 0) >= 2, f"math found only on {checked}"
+    if not checked:
+        pytest.skip("no page of this book has math")
+    assert not problems, "\n".join(problems)
+
+
+CHAPTER_TITLES = r"""
+const h1 = (document.querySelector('main h1') || {}).textContent || '';
+const nav = [...document.querySelectorAll('nav.bd-links a, .bd-sidenav a')].map(a => [a.href, a.textContent.trim()]);
+return {h1: h1.replace(/[#¶]\s*$/, '').trim(), nav};
+"""
+
+
+def test_chapter_titles_are_numbered_on_the_page_and_in_the_sidebar(site, browser):
+    base, html, stems = site
+    browser.get(f"{base}/book/intro.html")
+    nav = {urllib.parse.urlparse(href).path: text for href, text in browser.js(CHAPTER_TITLES)["nav"]}
+    for stem in stems:
+        n = int(stem[:2])
+        browser.get(f"{base}/book/chapters/{stem}.html")
+        h1 = browser.js(CHAPTER_TITLES)["h1"]
+        assert re.match(rf"{n}\. \S", h1), f"{stem}: page title {h1!r} lacks its number {n}."
+        side = nav.get(f"/book/chapters/{stem}.html")
+        assert side is not None, f"{stem} is not in the sidebar ({sorted(nav)})"
+        assert side == h1, f"{stem}: the sidebar says {side!r}, the page {h1!r}"
+
+
+HEADLINE_FIGURE = r"""
+const img = document.querySelector('main .tag_%s img');
+if (!img) return null;
+const box = img.closest('.cell_output') || img.parentElement;
+return {width: img.getBoundingClientRect().width, natural: img.naturalWidth, column: box.clientWidth};
+""" % HEADLINE_FIGURE_TAG
+
+
+def test_headline_figures_fill_the_column_with_readable_fonts(site, browser, book_html):
+    """Each chapter opens with its headline figure as wide as the text column, and its smallest font, at that size,
+    is at least ``plotting.MIN_FONT`` (10 pt): the figure's saved PNG records its width and smallest font
+    (``plotting.savefig``), and the page shows the same figure (the notebook's inline copy)."""
+    base, html, stems = site
+    run_dirs = book_html[2]
+    inline_dpi = plotting.plt.rcParams["figure.dpi"]  # the kernel's inline figures (the house style sets it)
+    problems = []
+    for stem in stems:
+        browser.get(f"{base}/book/chapters/{stem}.html")
+        fig = browser.js(HEADLINE_FIGURE)
+        if fig is None:
+            problems.append(f"{stem}: no headline figure on the page")
+            continue
+        if fig["width"] < 0.98 * fig["column"]:
+            problems.append(f"{stem}: the headline figure is {fig['width']:.0f} px wide in a {fig['column']} px column")
+        png = run_dirs[stem] / f"{runner.notebook_meta(stem)['headline']['figure']}.png"
+        if not png.exists():
+            if os.environ.get("FTM_BOOK_HTML"):
+                continue  # a build from elsewhere: its figures are not at hand
+            problems.append(f"{stem}: {png} was not saved")
+            continue
+        info = plotting.png_font_info(png)
+        if abs(fig["natural"] / inline_dpi - info["width_in"]) > 0.2:
+            problems.append(f"{stem}: the page's figure ({fig['natural'] / inline_dpi:.2f} in) is not {png.name} "
+                            f"({info['width_in']:.2f} in)")
+        shown = info["smallest_font_pt"] * (fig["width"] / 96) / info["width_in"]
+        if shown < plotting.MIN_FONT - 0.05:
+            problems.append(f"{stem}: smallest font {info['smallest_font_pt']:g} pt in a {info['width_in']:.1f}-inch "
+                            f"figure shown {fig['width'] / 96:.1f} inches wide reads at {shown:.1f} pt")
+    assert not problems, "\n".join(problems)

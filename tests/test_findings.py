@@ -163,6 +163,7 @@ def test_sweep_record_refuses_overrides(capsys):
 def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     import nbformat
 
+    from lib.book import cli
     from lib.book.cli import book_copy
 
     nb = nbformat.v4.new_notebook(cells=[
@@ -186,7 +187,8 @@ def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
     n = len(json.loads((findings.SEED_DIR / f"{STEM}.json").read_text())["seeds"]) + 1  # recorded + the build's
     assert f"| holds on {n} of {n} seeds; pooled: holds" in summary[0]  # IOI holds on every seed
     assert f"| holds on {n - 1} of {n} seeds; pooled: does not hold" in summary[3]  # this seed has no name mover
-    assert cells[2].metadata["tags"] == ["remove-input"] and "training_curve" in cells[2].source  # the figure
+    assert cells[2].metadata["tags"] == ["remove-input", cli.HEADLINE_FIGURE_TAG]  # the figure
+    assert "training_curve" in cells[2].source
     assert cells[3].source == "More introduction."
     assert "remove-cell" in cells[4].metadata["tags"] and "remove-cell" in cells[5].metadata["tags"]
     assert cells[6].source == "## Analysis"
@@ -262,9 +264,22 @@ def test_headline_cells_copy_the_figure_output_and_the_paper_table(monkeypatch):
     nb = nbformat.v4.new_notebook(cells=[
         plot, nbformat.v4.new_markdown_cell("Prose.\n\n| | paper | ours |\n|---|---|---|\n| LD | 1 | 2 |\n\nAfter.")])
     fig, head, = cli.headline_cells("x", nb)[:2]
-    assert fig.metadata["tags"] == ["remove-input"] and fig.get("id") != plot.get("id")
+    assert fig.metadata["tags"] == ["remove-input", cli.HEADLINE_FIGURE_TAG] and fig.get("id") != plot.get("id")
+    assert fig.metadata["mystnb"] == {"image": {"width": "100%"}}  # as wide as the text column
     assert [o["output_type"] for o in fig.outputs] == ["display_data"] and "image/png" in fig.outputs[0]["data"]
     assert head.source.endswith("| | paper | ours |\n|---|---|---|\n| LD | 1 | 2 |")
+    # a notes paragraph right after the table travels with it; other prose does not
+    nb.cells[1].source = ("| | paper | ours |\n|---|---|---|\n| LD | 1 | 2 |\n\n**Notes.** p = 0.01;\nchance 0.5.\n\n"
+                          "After.")
+    assert cli.headline_cells("x", nb)[1].source.endswith("| LD | 1 | 2 |\n\n**Notes.** p = 0.01;\nchance 0.5.")
+    # a table made by a code cell: its displayed outputs (the table, then its notes), not its prints or glue
+    monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"headline": {"table": "side = pd.DataFrame("}})
+    tab = nbformat.v4.new_code_cell("side = pd.DataFrame(rows)\ndisplay(side)\ndisplay(Markdown(notes))")
+    tab.outputs = [nbformat.v4.new_output("stream", name="stdout", text="log"),
+                   nbformat.v4.new_output("display_data", {"text/html": "<table/>"}),
+                   nbformat.v4.new_output("display_data", {"text/markdown": "**Notes.** p"})]
+    title, copy = cli.headline_cells("x", nbformat.v4.new_notebook(cells=[tab]))
+    assert [list(o["data"]) for o in copy.outputs] == [["text/html"], ["text/markdown"]]
     assert len(plot.outputs) == 3  # the original is untouched
     monkeypatch.setattr(runner, "notebook_meta", lambda stem: {"headline": {"figure": "nope"}})
     with pytest.raises(ValueError, match="ftm.headline.figure 'nope'"):
@@ -288,6 +303,8 @@ def test_over_seeds_joins_this_run_with_the_record(tmp_path):
     # the recorded seed 0 is replaced by this run's value (4.0), as in the findings box
     assert findings.over_seeds(STEM, "ioi_logit_diff", 4.0, params, root=tmp_path) == \
         f"{8 / 3:.2f} [{8 / 3 - half:.2f}, {8 / 3 + half:.2f}], 3 seeds"
+    assert findings.over_seeds(STEM, "ioi_logit_diff", 4.0, params, root=tmp_path, with_n=False) == \
+        f"{8 / 3:.2f} [{8 / 3 - half:.2f}, {8 / 3 + half:.2f}]"  # a table cell: the count goes in its notes
     assert findings.over_seeds(STEM, "ioi_logit_diff", 4.0, {**params, "BASE_STEPS": 7}, root=tmp_path) == \
         "this seed only"
 

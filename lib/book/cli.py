@@ -56,8 +56,12 @@ def parameters_markdown(stem: str) -> str:
             f"```bash\n.venv/bin/python -m lib run {stem} -p SEED 1 -p {example.name} {example.default!r}\n```\n:::")
 
 
+TABLE_NOTES = "**Notes.**"  # a paragraph right after a table that starts so belongs to it (and travels with it)
+
+
 def _table_block(source: str, marker: str) -> str | None:
-    """The contiguous Markdown table (lines starting with ``|``) of ``source`` that contains ``marker``."""
+    """The contiguous Markdown table (lines starting with ``|``) of ``source`` that contains ``marker``, with the
+    paragraph after it if that starts with ``TABLE_NOTES`` (the table's notes: p-values, chance levels, units)."""
     lines = source.splitlines()
     for i, line in enumerate(lines):
         if marker in line and line.lstrip().startswith("|"):
@@ -67,18 +71,31 @@ def _table_block(source: str, marker: str) -> str | None:
             b = i
             while b + 1 < len(lines) and lines[b + 1].lstrip().startswith("|"):
                 b += 1
-            return "\n".join(lines[a:b + 1])
+            table = "\n".join(lines[a:b + 1])
+            c = b + 1
+            while c < len(lines) and not lines[c].strip():
+                c += 1
+            if c < len(lines) and lines[c].startswith(TABLE_NOTES):
+                d = c
+                while d + 1 < len(lines) and lines[d + 1].strip():
+                    d += 1
+                table += "\n\n" + "\n".join(lines[c:d + 1])
+            return table
     return None
 
 
-def _output_only(cell, kinds: tuple[str, ...]):
-    """A copy of an executed code cell that shows only its outputs of ``kinds`` (no glue records), new cell id."""
+HEADLINE_FIGURE_TAG = "ftm-headline-figure"  # the page shows it as `tag_ftm-headline-figure` (tests/test_browser.py)
+
+
+def _output_only(cell, kinds: tuple[str, ...], tags: tuple[str, ...] = (), **mystnb):
+    """A copy of an executed code cell that shows only its outputs of ``kinds`` (no glue records), new cell id;
+    ``tags`` added to ``remove-input``, ``mystnb`` as the cell's myst-nb rendering options."""
     import copy
 
     import nbformat
 
     c = copy.deepcopy(cell)
-    c.metadata = {"tags": ["remove-input"]}
+    c.metadata = {"tags": ["remove-input", *tags], **({"mystnb": mystnb} if mystnb else {})}
     c.outputs = [o for o in c.outputs if o.get("output_type") in kinds and not o.get("metadata", {}).get("scrapbook")]
     if "id" in c:
         c["id"] = nbformat.v4.new_code_cell().get("id", c["id"])
@@ -87,8 +104,9 @@ def _output_only(cell, kinds: tuple[str, ...]):
 
 def headline_cells(stem: str, nb) -> list:
     """Copies of the cells a chapter names in ``ftm.headline`` for the top of its page: ``figure`` (the code cell
-    that saves that figure: its output only) and ``table`` (a paper-vs-ours table: the Markdown table, or the
-    output of the code cell, whose text contains that marker). Raises ``ValueError`` if a name matches nothing."""
+    that saves that figure: its output only, shown as wide as the text column) and ``table`` (a paper-vs-ours table:
+    the Markdown table with its notes paragraph, or the displayed outputs of the code cell, whose text contains that
+    marker). Raises ``ValueError`` if a name matches nothing."""
     import nbformat
 
     spec = runner.notebook_meta(stem).get("headline") or {}
@@ -98,7 +116,9 @@ def headline_cells(stem: str, nb) -> list:
         cell = next((c for c in nb.cells if c.cell_type == "code" and call in c.source), None)
         if cell is None:
             raise ValueError(f"{stem}: ftm.headline.figure {spec['figure']!r}: no cell saves that figure")
-        out.append(_output_only(cell, ("display_data", "execute_result")))
+        # shown as wide as the text column: a headline figure is drawn that wide (lib.book.plotting.page_figure)
+        out.append(_output_only(cell, ("display_data", "execute_result"), tags=(HEADLINE_FIGURE_TAG,),
+                                image={"width": "100%"}))
     if spec.get("table"):
         marker = spec["table"]
         for c in nb.cells:
@@ -107,7 +127,7 @@ def headline_cells(stem: str, nb) -> list:
                 break
             if c.cell_type == "code" and marker in c.source and "remove-cell" not in c.metadata.get("tags", []):
                 out += [nbformat.v4.new_markdown_cell("**The paper and this book, side by side**"),
-                        _output_only(c, ("execute_result",))]
+                        _output_only(c, ("display_data", "execute_result"))]  # the table and its notes
                 break
         else:
             raise ValueError(f"{stem}: ftm.headline.table {marker!r}: no table or cell contains it")

@@ -411,10 +411,11 @@ def seed_values(stem: str, key: str, params: Optional[Mapping[str, Any]] = None,
 
 
 def over_seeds(stem: str, key: str, value: Any, params: Mapping[str, Any], digits: int = 2,
-               root: Path | None = None) -> str:
+               root: Path | None = None, with_n: bool = True) -> str:
     """A headline number over seeds for prose: ``"0.93 [0.88, 0.98], 5 seeds"`` (mean and 95 % Student-t interval
     over this run's ``value`` and the recorded seeds' ``key``), or ``"this seed only"`` with fewer than two
-    numbers. ``params``: the running chapter's (``lib.book.chapter.chapter_params``), which must include ``SEED``."""
+    numbers. ``params``: the running chapter's (``lib.book.chapter.chapter_params``), which must include ``SEED``.
+    ``with_n=False`` leaves out ``", 5 seeds"`` (a table cell: one number and its interval)."""
     from lib.methods.stats import mean_ci
 
     seed = int(params.get("SEED", 0))
@@ -425,7 +426,7 @@ def over_seeds(stem: str, key: str, value: Any, params: Mapping[str, Any], digit
     if len(xs) < 2:
         return "this seed only"
     iv = mean_ci(xs)
-    return f"{iv.point:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}], {len(xs)} seeds"
+    return f"{iv.point:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]" + (f", {len(xs)} seeds" if with_n else "")
 
 
 def load_record(stem: str, root: Path | None = None) -> Optional[dict[str, Any]]:
