@@ -218,18 +218,21 @@ def test_tables_escape_pipes():
 
 # What the book reports at its default parameters (seed 0): the findings that hold there; every other finding
 # of the chapter is reported as not reproducing. A change that moves one of them changes what the chapters say.
+# Taken from a fresh-clone build on 2026-12-04 on an AMD EPYC with AVX2 (``provenance.cpu``): trained weights
+# depend on the CPU's vector instructions, and ch1 same_heads_larger / beyond_control, ch2 nm_in_circuit and ch6
+# pcfg_leaks, near their thresholds on seed 0, came out the other way on the machine of the earlier expectations.
 HOLD_AT_DEFAULT = {
     "00_model_organisms": {"ioi_from_pretraining", "not_clause_position", "past_the_plateau", "has_name_mover",
                            "has_s_inhibition"},
-    "01_amplification": {"behaviour_amplified", "keeps_amplifying", "change_in_circuit", "name_movers_amplified",
-                         "same_circuit"},
-    "02_localized_corruption": {"sd_flips", "nm_moves_names", "nm_in_circuit"},
+    "01_amplification": {"behaviour_amplified", "keeps_amplifying", "same_heads_larger", "beyond_control",
+                         "change_in_circuit", "name_movers_amplified", "same_circuit"},
+    "02_localized_corruption": {"sd_flips", "nm_moves_names"},
     "03_neuroplasticity": {"sd_behaviour_recovers", "nm_behaviour_recovers", "sd_ld_restored", "nm_ld_restored",
                            "sd_beats_scratch", "nm_map_returns", "nm_base_circuit_faithful"},
     "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",
                            "pruning_beats_random", "revival_beats_scrft"},
     "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control_all_token"},
-    "06_objective_leakage": {"controls_clean"},
+    "06_objective_leakage": {"pcfg_leaks", "controls_clean"},
     "07_audit_table": {"all_detected", "no_false_positives", "calibrated_all_detected"},
 }
 # ... and the findings that are undecided there (a metric undefined on the seed's models), by chapter
