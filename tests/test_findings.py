@@ -61,7 +61,8 @@ def test_every_chapter_states_its_findings(stem):
 
 def _run(seed, **res):
     params = {**findings.default_params(STEM), "SEED": seed, "OUTPUT_DIR": "x"}
-    return {**res, "provenance": {"parameters": params, "git_commit": "abc"}}
+    return {**res, "provenance": {"parameters": params, "git_commit": "abc", "seed": seed,
+                                  "chapter_hash": findings.chapter_hash(STEM)}}
 
 
 def _ch0(seed, ld=7.0, acc=0.98, nm=2, **extra):
@@ -160,8 +161,11 @@ def test_sweep_record_refuses_overrides(capsys):
     assert "default-parameter runs only" in capsys.readouterr().err
 
 
-def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path):
+def test_book_copy_opens_with_the_findings_and_ends_with_the_details(tmp_path, monkeypatch):
     import nbformat
+
+    monkeypatch.setattr(findings, "SEED_DIR", tmp_path / "seeds")  # a record of the current chapter code
+    findings.record(STEM, {s: _ch0(s) for s in (1, 2, 3, 4)})
 
     from lib.book import cli
     from lib.book.cli import book_copy
@@ -449,3 +453,46 @@ def test_committed_seed_records_are_of_the_current_chapter_code(stem):
     assert doc.get("chapter_hash") in (None, findings.chapter_hash(stem)), (
         f"book/seeds/{stem}.json was recorded with other chapter code: "
         f"python -m lib sweep {stem[:2]} --seeds 0..4 --record")
+
+
+def test_a_record_made_before_records_named_their_code_is_refused(tmp_path):
+    findings.record(STEM, {1: _ch0(1)}, root=tmp_path)
+    p = findings.record_path(STEM, tmp_path)
+    doc = json.loads(p.read_text())
+    doc["chapter_hash"] = None  # as every record written before this change
+    p.write_text(json.dumps(doc))
+    assert "before records named their chapter's code" in findings.record_staleness(STEM, doc)
+    assert list(findings.tally(STEM, _ch0(0), root=tmp_path)[0].by_seed) == [0]
+    no_hash = _ch0(2)
+    del no_hash["provenance"]["chapter_hash"]
+    with pytest.raises(ValueError, match="chapter code"):
+        findings.record(STEM, {2: no_hash}, root=tmp_path)
+
+
+def test_the_builds_own_seed_drops_the_reason_recorded_for_it(tmp_path, monkeypatch):
+    fs = [findings.Finding("ioi", "IOI", "ioi_logit_diff > 2", None,
+                           (findings.Undecided("ioi_acc < 0.5", "no IOI behaviour"),))]
+    monkeypatch.setattr(findings, "chapter_findings", lambda stem: fs)
+    findings.record(STEM, {0: _ch0(0, acc=0.3), 1: _ch0(1)}, root=tmp_path)  # seed 0 recorded undecided
+    t = findings.tally(STEM, _ch0(0), root=tmp_path)[0]  # ... and built decided
+    assert t.by_seed == {0: True, 1: True} and t.why == {}
+
+
+def test_an_undecided_condition_that_cannot_be_checked_leaves_the_seed_undecided():
+    f = findings.Finding("x", "c", "a > 0", undecided=(findings.Undecided("b < 1", "no b"),))
+    assert f.decide({"a": 1.0, "b": math.nan}) is None
+    assert "cannot evaluate" in f.why_undecided({"a": 1.0})
+
+
+def test_pooled_aggregators_take_numbers_and_survive_exact_p_values_of_one():
+    with pytest.raises(findings.FindingError, match="comparison"):
+        findings.parse_pooled("sign_p(a > 0) < 0.05")  # a False would be a tie, dropped: use n_true
+    with pytest.raises(findings.FindingError, match="yes/no"):
+        findings.parse_pooled("n_true(a) >= 3")
+    with pytest.raises(findings.FindingError, match="constant"):
+        findings.parse_pooled("mean(a) > 0 and 'x' * 9")
+    # one seed at p = 1 (a count of 0 hits) must not veto Stouffer's combination of strong evidence
+    out = findings.evaluate_pooled("stouffer(p) < 0.05", {0: {"p": 1.0}, 1: {"p": 1e-12}, 2: {"p": 1e-12}})
+    assert out.holds is True
+    # a list-valued result is not a number: left out, not a crash
+    assert findings.evaluate_pooled("mean(a) > 0", {0: {"a": [1]}, 1: {"a": 2.0}, 2: {"a": 3.0}}).seeds == [1, 2]

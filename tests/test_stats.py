@@ -145,3 +145,8 @@ def test_censored_median_by_hand():
     assert stats.censored_median([10, 20, 30, 40], 400) == "25"
     with pytest.raises(ValueError):
         stats.censored_median([], 400)
+
+
+def test_bootstrap_of_a_single_unit_is_its_point():
+    iv = stats.bootstrap_mean(np.array([2.5]))
+    assert (iv.point, iv.lo, iv.hi) == (2.5, 2.5, 2.5)

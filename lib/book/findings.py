@@ -88,7 +88,10 @@ class Finding:
         """The reason the finding is undecided on ``results``: the first ``undecided`` condition that holds, or the
         keys the test needs that are missing or not finite; ``None`` when the test can be decided."""
         for u in self.undecided:
-            if evaluate(u.when, results):
+            hit = evaluate(u.when, results)
+            if hit is None:
+                return f"cannot evaluate the undecided condition {u.when}"
+            if hit:
                 return u.reason
         missing = [n for n in _names(parse_test(self.test))
                    if n not in results or (isinstance(results[n], float) and not math.isfinite(results[n]))]
@@ -98,8 +101,8 @@ class Finding:
 
     def decide(self, results: Mapping[str, Any]) -> Optional[bool]:
         """``evaluate(test)`` unless an ``undecided`` condition holds (then ``None``)."""
-        if any(evaluate(u.when, results) for u in self.undecided):
-            return None
+        if any(evaluate(u.when, results) is not False for u in self.undecided):
+            return None  # the metric is undefined there, or whether it is cannot be checked
         return evaluate(self.test, results)
 
 
@@ -147,7 +150,7 @@ def evaluate(test: str, results: Mapping[str, Any]) -> Optional[bool]:
             env[n.id] = v
     try:
         return bool(eval(compile(tree, "<finding>", "eval"), {"__builtins__": {}}, env))  # noqa: S307 (checked AST)
-    except (TypeError, ZeroDivisionError):
+    except (TypeError, ArithmeticError, ValueError):
         return None
 
 
@@ -161,7 +164,7 @@ def _value(tree: ast.Expression, results: Mapping[str, Any]) -> Any:
         env[name] = v
     try:
         return eval(compile(tree, "<finding>", "eval"), {"__builtins__": {}}, env)  # noqa: S307 (checked AST)
-    except (TypeError, ZeroDivisionError):
+    except (TypeError, ArithmeticError, ValueError):
         return None
 
 
@@ -175,7 +178,7 @@ def _agg_combined(method: str):
     def combine(ps: list[float]) -> float:
         from scipy import stats as sps
 
-        ps = [min(max(float(p), 1e-300), 1.0) for p in ps]
+        ps = [min(max(float(p), 1e-300), 1.0 - 1e-12) for p in ps]  # an exact 1 would make Stouffer's z infinite
         return float(sps.combine_pvalues(ps, method=method).pvalue)
     return combine
 
@@ -218,6 +221,8 @@ def parse_pooled(pooled: str) -> ast.Expression:
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCS):
             raise FindingError(f"pooled test {pooled!r}: only the aggregators {', '.join(_POOL)} and abs(), "
                                f"min(), max() may be called")
+        if isinstance(node, ast.Constant) and not (node.value is None or isinstance(node.value, (int, float))):
+            raise FindingError(f"pooled test {pooled!r}: constant {node.value!r} is not a number or None")
     if not aggs:
         raise FindingError(f"pooled test {pooled!r}: no aggregator ({', '.join(_POOL)}) over seeds")
     for a in aggs:
@@ -227,6 +232,12 @@ def parse_pooled(pooled: str) -> ast.Expression:
         if any(isinstance(x, ast.Call) and isinstance(x.func, ast.Name) and x.func.id in _POOL
                for x in ast.walk(inner)):
             raise FindingError(f"pooled test {pooled!r}: aggregators do not nest")
+        boolean = isinstance(a.args[0], (ast.Compare, ast.BoolOp)) or (
+            isinstance(a.args[0], ast.UnaryOp) and isinstance(a.args[0].op, ast.Not))
+        if boolean != (a.func.id == "n_true") and a.func.id != "n_seeds":
+            raise FindingError(f"pooled test {pooled!r}: {a.func.id}() takes " + (
+                "a yes/no per seed (a comparison)" if a.func.id == "n_true" else
+                "a number per seed, not a comparison (count the seeds where one holds with n_true())"))
         parse_test(ast.unparse(inner))
     return tree
 
@@ -259,7 +270,8 @@ def evaluate_pooled(pooled: str, runs: Mapping[int, Mapping[str, Any]]) -> Poole
                 return self.generic_visit(node)
             inner = ast.Expression(node.args[0])
             per_seed = {s: _value(inner, r) for s, r in runs.items()}
-            xs = {s: float(v) for s, v in per_seed.items() if v is not None}
+            xs = {s: float(v) for s, v in per_seed.items()
+                  if isinstance(v, (int, float)) and (isinstance(v, bool) or math.isfinite(v))}
             if len(xs) < 2:
                 raise _Undecided
             used.update(xs)
@@ -357,6 +369,9 @@ def record(stem: str, runs: Mapping[int, Mapping[str, Any]], root: Path | None =
     path = record_path(stem, root)
     old = json.loads(path.read_text()) if path.exists() else {}
     new_hashes = {r.get("provenance", {}).get("chapter_hash") for r in runs.values()}
+    if None in new_hashes or len(new_hashes) > 1:
+        raise ValueError(f"{stem}: runs to record must all name the same chapter code (provenance.chapter_hash); "
+                         f"got {sorted(map(str, new_hashes))}: re-run them with the current code")
     keep = old.get("params") == defaults and new_hashes <= {old.get("chapter_hash")}
     seeds = dict(old.get("seeds", {})) if keep else {}  # a record of other defaults or other code starts anew
     for seed, res in runs.items():
@@ -444,10 +459,13 @@ def record_staleness(stem: str, doc: Mapping[str, Any], results: Optional[Mappin
     """Why the seed record ``doc`` no longer describes chapter ``stem`` (``None`` if it still does): other default
     parameters, other chapter code (``chapter_hash``), or, checked on the seed of a build's ``results`` when the
     record has it, other organisms (their cache keys: a recipe, world or training change). A record made before
-    records carried a chapter hash cannot be checked for code and is taken as it is."""
+    records carried a chapter hash cannot be checked, and is refused too: its numbers may come from other code."""
     if doc.get("params") != default_params(stem):
         return "it was made at other default parameters"
-    if doc.get("chapter_hash") and doc["chapter_hash"] != chapter_hash(stem):
+    if not doc.get("chapter_hash"):
+        return (f"it was recorded (commit {str(doc.get('git_commit'))[:10]}, {doc.get('date')}) before records named "
+                f"their chapter's code, which has changed since")
+    if doc["chapter_hash"] != chapter_hash(stem):
         return (f"the chapter's code changed since it was recorded (commit {str(doc.get('git_commit'))[:10]}, "
                 f"{doc.get('date')})")
     if results is not None:
@@ -524,6 +542,7 @@ def tally(stem: str, results: Mapping[str, Any], root: Path | None = None) -> li
             else:  # a verdict of another (older) test, or none: not this finding's
                 by_seed[int(s)] = None
                 why[int(s)] = "recorded before this test: re-record the seed"
+        why.pop(seed, None)  # the build's own run replaces a recorded copy of its seed
         by_seed[seed], per_seed[seed] = f.decide(results), results
         if by_seed[seed] is None:
             why[seed] = f.why_undecided(results) or "undecided"

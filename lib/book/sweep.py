@@ -171,14 +171,17 @@ def _dask_runs(tasks: dict[int, Task], scheduler: str, workers: int, threads: in
 
     cluster = None
     if scheduler == "local":
+        # no memory limit: a chapter's kernel is a child process, and Dask must not pause, kill or rerun a worker
+        # the local pool would have let finish
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+                               dashboard_address=None, memory_limit=0)
         client = Client(cluster)
     else:
         client, threads = Client(scheduler), None
     try:
-        futs = {client.submit(_run_seed, *task, threads, key=f"{task[0]}-seed-{s}", pure=False): s
-                for s, task in tasks.items()}
+        # a key per run folder (chapter + hash of the parameters and seed): two sweeps on one scheduler never share
+        futs = {client.submit(_run_seed, *task, threads, key=f"{task[0]}-{Path(task[2]).name}-seed-{s}",
+                              retries=0): s for s, task in tasks.items()}
         for fut in dask_completed(list(futs)):
             err = fut.exception()
             yield futs[fut], (None if err else fut.result()), err

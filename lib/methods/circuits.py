@@ -723,10 +723,12 @@ def correlation_null(a: torch.Tensor, b: torch.Tensor, n_perm: int = 2000, seed:
                                permutation_type="pairings", n_resamples=n_perm, alternative="greater",
                                rng=np.random.default_rng(seed))
     null = np.asarray(res.null_distribution, dtype=float)
-    null = null[np.isfinite(null)]
-    if not len(null):
+    finite = null[np.isfinite(null)]
+    if not len(finite):
         return {"corr": r, "chance_hi": float("nan"), "p": float("nan")}
-    return {"corr": r, "chance_hi": float(np.quantile(null, 0.95)), "p": float((1 + (null >= r).sum()) / (1 + len(null)))}
+    # scipy's p (exact when every ordering was enumerated); recomputed without the undefined shuffles if any
+    p = float(res.pvalue) if len(finite) == len(null) else float((1 + (finite >= r).sum()) / (1 + len(finite)))
+    return {"corr": r, "chance_hi": float(np.quantile(finite, 0.95)), "p": p}
 
 
 @torch.no_grad()

@@ -54,6 +54,8 @@ def bootstrap_distribution(statistic: Callable[..., float], *samples: np.ndarray
         if len(a) == 0:
             raise ValueError("bootstrap got an empty sample")
     point = float(statistic(*arrays))
+    if min(len(a) for a in arrays) < 2:  # one unit: nothing to resample, no spread to estimate
+        return Interval(point, point, point, alpha), np.full(n_boot, point)
     index = tuple(np.arange(len(a)) for a in arrays)
 
     def on_indices(*idx: np.ndarray) -> float:
