@@ -237,10 +237,12 @@ HOLD_AT_DEFAULT = {
                            "pruning_beats_random", "revival_beats_scrft"},
     "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control_all_token"},
     "06_objective_leakage": {"pcfg_leaks", "controls_clean"},
-    "07_audit_table": {"all_detected", "no_false_positives", "calibrated_all_detected"},
+    "07_audit_table": {"all_detected", "no_false_positives"},
 }
-# ... and the findings that are undecided there (a metric undefined on the seed's models), by chapter
-UNDECIDED_AT_DEFAULT: dict[str, set[str]] = {}
+# ... and the findings that are undecided there (a metric undefined on the seed's models), by chapter. Chapter 7
+# calibrates its thresholds on the control organisms of the *recorded* seeds; the committed records predate
+# records naming their chapter code and are refused, so until seeds are re-recorded it has nothing to calibrate on.
+UNDECIDED_AT_DEFAULT: dict[str, set[str]] = {"07_audit_table": {"calibrated_all_detected"}}
 
 
 @pytest.mark.slow
