@@ -79,9 +79,7 @@ class Finding:
         if self.pooled:
             trees.append(parse_pooled(self.pooled))
         for tree in trees:
-            for n in ast.walk(tree):
-                if isinstance(n, ast.Name) and n.id not in _FUNCS and n.id not in _POOL and n.id not in out:
-                    out.append(n.id)
+            out += [n for n in _names(tree) if n not in out]
         return out
 
     def why_undecided(self, results: Mapping[str, Any]) -> Optional[str]:
