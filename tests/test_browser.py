@@ -554,15 +554,31 @@ return {h1: h1.replace(/[#¶]\s*$/, '').trim(), nav};
 """
 
 
+PAGE_STATE = "return {url: location.href, ready: document.readyState, title: document.title};"
+
+
+def _page_title(browser, wait: float = 15.0) -> tuple[str, dict]:
+    """The page's title heading, read once the page has one: a page can answer the WebDriver before its DOM is
+    complete (seen once in CI, on a loaded 2-core runner, as an empty title), so read until the heading is there or
+    ``wait`` seconds pass, and return the page's state with it so that a real failure says what the browser saw."""
+    deadline = time.monotonic() + wait
+    while True:
+        h1 = browser.js(CHAPTER_TITLES)["h1"]
+        if h1 or time.monotonic() > deadline:
+            return h1, browser.js(PAGE_STATE)
+        time.sleep(0.25)
+
+
 def test_chapter_titles_are_numbered_on_the_page_and_in_the_sidebar(site, browser):
     base, html, stems = site
     browser.get(f"{base}/book/intro.html")
+    _page_title(browser)  # the sidebar is read once the page is complete
     nav = {urllib.parse.urlparse(href).path: text for href, text in browser.js(CHAPTER_TITLES)["nav"]}
     for stem in stems:
         n = int(stem[:2])
         browser.get(f"{base}/book/chapters/{stem}.html")
-        h1 = browser.js(CHAPTER_TITLES)["h1"]
-        assert re.match(rf"{n}\. \S", h1), f"{stem}: page title {h1!r} lacks its number {n}."
+        h1, state = _page_title(browser)
+        assert re.match(rf"{n}\. \S", h1), f"{stem}: page title {h1!r} lacks its number {n} (page state: {state})."
         side = nav.get(f"/book/chapters/{stem}.html")
         assert side is not None, f"{stem} is not in the sidebar ({sorted(nav)})"
         assert side == h1, f"{stem}: the sidebar says {side!r}, the page {h1!r}"
