@@ -49,10 +49,20 @@ def test_amplification_values(smoke):
     assert len(r["head_change"]) == len(r["head_change_control"]) == r["n_base_heads"]
     grown = sum(row["lo"] > 0 for row in r["head_change"])
     assert r["heads_grown"] == grown and r["heads_shrank"] == sum(row["hi"] < 0 for row in r["head_change"])
-    for row in r["head_change"]:
-        assert row["lo"] - 1e-6 <= row["after"] - row["before"] <= row["hi"] + 1e-6
+    for row in r["head_change"] + r["class_change"] + r["class_vs_control"]:  # sign-aware growth
+        assert row["sign"] in (-1, 1) and row["growth"] == pytest.approx(row["sign"] * (row["after"] - row["before"]))
+        assert row["lo"] - 1e-6 <= row["growth"] <= row["hi"] + 1e-6
     if r["n_base_heads"]:
         assert r["heads_grown_frac"] == pytest.approx(grown / r["n_base_heads"])
+    # classes: one row per non-empty class with a path, counts agree with the rows
+    assert len(r["class_change"]) == len(r["class_change_control"]) == len(r["class_vs_control"]) == r["n_classes"]
+    assert r["classes_grown"] == sum(row["lo"] > 0 for row in r["class_change"])
+    assert r["classes_above_control"] == sum(row["lo"] > 0 for row in r["class_vs_control"])
+    if r["n_classes"]:
+        assert r["classes_grown_frac"] == pytest.approx(r["classes_grown"] / r["n_classes"])
+    # a class-vs-control row reads the class in its base direction: its sign is the base's
+    assert [row["sign"] for row in r["class_vs_control"]] == [row["sign"] for row in r["class_change"]]
+    assert set(r["repeated_heads"]) <= set(r["new_heads"]) and r["n_repeated_heads"] == len(r["repeated_heads"])
     # CMAP share against random head sets: chance = k / n on average, p a probability
     k, n = r["n_base_heads"], r["n_heads_total"]
     if 0 < k < n:
@@ -77,6 +87,22 @@ def test_corruption_values(smoke):
     for k, v in r["class_shares"].items():
         assert math.isclose(sum(v.values()), 1.0, abs_tol=1e-5) or sum(v.values()) == 0, k
     assert 0 < r["sd_flip_p"] <= 1 and 0 < r["nm_absent_p"] <= 1
+    # the DLA decomposition: per-component changes add up to the change in each poison's own metric
+    for t, m in (("sd", "ld"), ("nm", "absent")):
+        comp = r[f"dla_change_per_component_{t}"]
+        assert len(comp) == len(r["dla_components"]) and r[f"dla_metric_{t}"] == m
+        assert sum(comp) == pytest.approx(r[f"dla_change_{t}"], abs=1e-4)
+        assert r[f"dla_total_{t}"] == pytest.approx(sum(abs(x) for x in comp), rel=1e-5)
+        top = sorted((abs(x) for x in comp), reverse=True)[:r["top_k"]]
+        if r[f"dla_total_{t}"] > 0:
+            assert r[f"dla_topk_{t}"] == pytest.approx(sum(top) / r[f"dla_total_{t}"], rel=1e-5)
+        clean = r[f"dla_change_per_component_clean_{m}"]
+        assert r[f"dla_size_ratio_{t}"] == pytest.approx(sum(abs(x) for x in clean) / r[f"dla_total_{t}"], rel=1e-4)
+        assert r[f"dla_topk_diff_{t}"] == pytest.approx(r[f"dla_topk_{t}"] - r[f"dla_topk_clean_{m}"], abs=1e-6)
+        assert r[f"dla_topk_diff_{t}_lo"] <= r[f"dla_topk_diff_{t}_hi"]
+        assert 0 < r[f"dla_circuit_share_{t}_p"] <= 1
+    # what name moving trains: the poisoned model's absent-name score is a logit of p(absent) / p(IO)
+    assert all(math.isfinite(r[f"absent_score_{k}"]) for k in ("base", "sd", "nm", "control", "clean"))
     assert isinstance(r["verdict_sd"], str) and isinstance(r["verdict_nm"], str)
 
 
@@ -87,7 +113,21 @@ def test_plasticity_values(smoke):
         assert c["ld"][0] == pytest.approx(r[f"toxic_ld_{t}"], abs=1e-5)
         assert c["ld"][-1] == pytest.approx(r[f"retrain_ld_{t}"], abs=1e-5)
         assert c["corr"][0] == pytest.approx(r[f"corr_toxic_{t}"], nan_ok=True)
-        assert r["curves"]["scratch"]["step"] == c["step"]  # same steps from scratch
+        sc = r["curves"]["scratch"]["step"]  # the scratch run is SCRATCH_FACTOR times as long, FT_STEPS a checkpoint
+        assert sc[-1] == r["scratch_steps"] == 2 * c["step"][-1] and c["step"][-1] in sc
+        # savings: the first checkpoint at half the base's LD, -1 (retrained) or beyond the end (scratch) if none
+        half = 0.5 * r["base_ld"]
+        first = next((st for st, v in zip(c["step"], c["ld"]) if v >= half), -1) if r["base_ld"] > 0 else -1
+        assert r[f"steps_half_{t}"] == first
+        ls = r["curves"]["scratch"]["ld"]
+        first_s = next((st for st, v in zip(sc, ls) if v >= half), -1) if r["base_ld"] > 0 else -1
+        assert r["steps_half_scratch"] == (first_s if first_s >= 0 else r["scratch_steps"] + 1)
+        assert r["scratch_reaches_half"] == (first_s >= 0)
+        if first > 0:
+            assert r[f"savings_{t}"] == pytest.approx(r["steps_half_scratch"] / first)
+        assert r["recovery_curve"][t] == c["ld"] and r["recovery_curve"]["step"] == c["step"]
+        assert r[f"faith_base_norm_{t}"] == pytest.approx(
+            r[f"faith_base_in_retrain_{t}"] * r[f"retrain_ld_{t}"] / r["base_ld"], nan_ok=True)
         gap = r["base_ld"] - r[f"toxic_ld_{t}"]
         if abs(gap) > 1e-6:
             assert r[f"ld_recovery_{t}"] == pytest.approx((r[f"retrain_ld_{t}"] - r[f"toxic_ld_{t}"]) / gap)

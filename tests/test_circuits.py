@@ -81,6 +81,40 @@ def test_dla_decomposes_logit_diff(model, runs, data):
     assert total.item() == pytest.approx(runs.ld_clean, abs=1e-4)
 
 
+def test_dla_components_add_up_prompt_by_prompt_for_any_linear_metric(model, runs, data):
+    """``dla_components`` rows sum, prompt by prompt, to the metric they attribute: IO − S by default, and any
+    metric linear in the END logits through ``weights`` (here mean(absent names) − IO)."""
+    ds, _ = data
+    names, table = circuits.dla_components(model, runs.clean_cache, ds)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert names[:L * H] == [f"{l}.{h}" for l in range(L) for h in range(H)] and names[-1] == "rest"
+    assert table.shape == (len(names), len(ds))
+    assert torch.allclose(table.sum(0), ioi.logit_diff(runs.clean_logits, ds, per_prompt=True), atol=1e-4)
+    mean = circuits.component_dla(model, runs.clean_cache, ds)
+    assert torch.allclose(table[:L * H].mean(1).reshape(L, H), mean["heads"], atol=1e-5)
+    name_ids = torch.tensor([TOK.token_id(n) for n in ioi.NAMES])
+    w = ioi.metric_weights(ds, name_ids, model.cfg.d_vocab, "absent")
+    _, tab_w = circuits.dla_components(model, runs.clean_cache, ds, w)
+    value = (ioi.final_logits(runs.clean_logits, ds) * w).sum(-1)
+    assert torch.allclose(tab_w.sum(0), value, atol=1e-4)
+
+
+def test_paired_share_test_by_hand():
+    """Change a puts all of its movement in component 0 on every prompt, b spreads it evenly: a's top-1 share is
+    1, b's 1/4, and every resampling agrees (interval [0.75, 0.75], p = 0)."""
+    a = torch.zeros(4, 30)
+    a[0] = 2.0
+    b = torch.full((4, 30), 0.5)
+    out = circuits.concentration_test(a, b, 1, n_boot=100)
+    assert out["share_a"] == pytest.approx(1.0) and out["share_b"] == pytest.approx(0.25)
+    assert out["lo"] == pytest.approx(0.75) and out["hi"] == pytest.approx(0.75) and out["p"] == 0.0
+    assert out["total_a"] == pytest.approx(2.0) and out["total_b"] == pytest.approx(2.0)
+    share = circuits.masked_share(torch.tensor([False, True, True, False]))
+    assert share(torch.tensor([1.0, -2.0, 1.0, 0.0])) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="prompts"):
+        circuits.concentration_test(a, b[:, :10], 1)
+
+
 def test_head_dla_matches_removing_head_with_frozen_scale(model, runs, data):
     ds, _ = data
     dla = circuits.head_dla(model, runs.clean_cache, ds)
@@ -383,8 +417,8 @@ def test_head_change_bootstrap_brackets_the_mean(runs, model, data):
         for p in other.parameters():
             p.mul_(1.05)
     ch = circuits.head_change(runs, circuits.ioi_runs(other, ds, cor), c, n_boot=200)
-    d = ch.after - ch.before
-    assert len(ch.heads) == len(d) and (ch.lo <= d + 1e-6).all() and (d <= ch.hi + 1e-6).all()
+    d = ch.sign * (ch.after - ch.before)  # the growth, in each head's own direction
+    assert len(ch.heads) == len(d) and (d == ch.growth).all() and (ch.lo <= d + 1e-6).all() and (d <= ch.hi + 1e-6).all()
     same = circuits.head_change(runs, runs, c, n_boot=50)
     assert not same.grew.any() and not same.shrank.any() and same.frac_grew() == 0.0
 
@@ -438,3 +472,54 @@ def test_pretrained_architecture_code_path(data):
     one = patching.path_patch(g, ds.toks, r.clean_cache, r.corrupt_cache, [(1, 0)], r.metric)
     act = patching.head_patch(g, ds.toks, r.corrupt_cache, r.metric)[1, 0]
     assert one == pytest.approx(act.item(), abs=1e-4)
+
+
+def test_growth_is_read_in_each_units_own_direction(monkeypatch):
+    """Hand-made per-prompt effects: a positive head that rises, a negative (anti-IOI) head that becomes more
+    negative, and one that drifts towards 0. The first two grew (sign-aware), the third shrank; against a
+    reference that gives the signs, the comparison of two other models keeps the reference's direction."""
+    classes = {k: [] for k in circuits.CLASSES}
+    classes.update(name_mover=[(1, 0)], negative_name_mover=[(1, 1)], s_inhibition=[(0, 0)])
+    c = circuits.Circuit(classes=classes, effects={}, attention={}, dla=torch.zeros(2, 2), ld_clean=1.0,
+                         ld_corrupt=0.0, threshold=0.05, n_layers=2, n_heads=2)
+    n = 40
+    noise = torch.linspace(-0.05, 0.05, n)
+    effects = {  # model -> {head: per-prompt effect}
+        "base": {(1, 0): 2.0, (1, 1): -1.0, (0, 0): 1.0},
+        "ft": {(1, 0): 3.0, (1, 1): -3.0, (0, 0): 0.2},
+        "ctl": {(1, 0): 2.5, (1, 1): -0.5, (0, 0): 1.0},
+    }
+
+    def fake(runs, circuit, per_prompt=False):
+        out = torch.full((2, 2, n), float("nan"))
+        for h, v in effects[runs].items():
+            out[h] = v + noise
+        return out
+    monkeypatch.setattr(circuits, "head_effects", fake)
+    ch = circuits.head_change("base", "ft", c, n_boot=200)
+    rows = {r["head"]: r for r in ch.rows()}
+    assert [rows[k]["sign"] for k in ("1.0", "1.1", "0.0")] == [1, -1, 1]
+    assert rows["1.0"]["growth"] == pytest.approx(1.0) and rows["1.1"]["growth"] == pytest.approx(2.0)
+    assert rows["0.0"]["growth"] == pytest.approx(-0.8)
+    grew = dict(zip(ch.labels(), ch.grew))
+    assert grew == {"1.0": True, "1.1": True, "0.0": False} and ch.shrank[ch.labels().index("0.0")]
+    assert ch.frac_grew() == pytest.approx(2 / 3)
+    # clean against control, read in the base's direction: 1.1 is more negative after ft than after ctl -> grew
+    vs = circuits.head_change("ctl", "ft", c, n_boot=200, reference="base")
+    g = dict(zip(vs.labels(), vs.growth))
+    assert g["1.1"] == pytest.approx(2.5) and g["1.0"] == pytest.approx(0.5) and g["0.0"] == pytest.approx(-0.8)
+    # without the reference, ctl's own signs are used: the same here, since no head changes sign
+    assert list(circuits.head_change("ctl", "ft", c, n_boot=50).sign) == list(vs.sign)
+
+
+def test_class_change_matches_class_effects(runs):
+    """``class_effects(per_prompt=True)`` averages to ``class_effects``; a model compared with itself grows nowhere."""
+    c = circuits.discover_circuit(runs, threshold=0.0)
+    mean = circuits.class_effects(runs, c)
+    pp = circuits.class_effects(runs, c, per_prompt=True)
+    assert set(pp) == set(mean) and mean
+    for cls in mean:
+        assert float(pp[cls].mean()) == pytest.approx(mean[cls], abs=1e-4)
+    same = circuits.class_change(runs, runs, c, n_boot=50)
+    assert same.labels() == list(mean) and not same.grew.any() and not same.shrank.any()
+    assert list(same.sign) == [1.0 if mean[k] >= 0 else -1.0 for k in mean]

@@ -55,6 +55,31 @@ def test_name_outcomes_by_hand():
     assert o["top_absent"].tolist() == [0, 0, 1]
 
 
+def test_absent_score_and_metric_weights_by_hand():
+    """What name moving trains, on hand-set logits: logsumexp over the absent names minus IO's logit, and the
+    linear weights whose dot product with the END logits gives IO − S and mean(absent) − IO."""
+    ds = ioi.make_ioi_dataset(TOK, 2, 1)
+    name_ids = torch.tensor([TOK.token_id(n) for n in ioi.NAMES])
+    n_names = len(name_ids)
+    logits = torch.zeros(2, ds.toks.shape[1], len(TOK))
+    logits[0, ds.end_pos[0], ds.io_ids[0]] = 3.0  # prompt 0: IO at 3, every other name at 0
+    absent1 = [i for i in name_ids if i not in (ds.io_ids[1], ds.s_ids[1])]
+    logits[1, ds.end_pos[1], absent1[0]] = 2.0  # prompt 1: one absent name at 2, IO and S at 0
+    logits[1, ds.end_pos[1], ds.s_ids[1]] = 1.0
+    mask = ioi.absent_mask(ds, name_ids)
+    assert mask.sum(-1).tolist() == [n_names - 2, n_names - 2]
+    score = ioi.absent_score(logits, ds, name_ids)
+    assert score[0].item() == pytest.approx(np.log(n_names - 2) - 3.0)
+    assert score[1].item() == pytest.approx(np.log(np.exp(2.0) + n_names - 3))
+    final = ioi.final_logits(logits, ds)
+    ld = (final * ioi.metric_weights(ds, name_ids, len(TOK), "ld")).sum(-1)
+    assert torch.allclose(ld, ioi.logit_diff(logits, ds, per_prompt=True))
+    ab = (final * ioi.metric_weights(ds, name_ids, len(TOK), "absent")).sum(-1)
+    assert ab.tolist() == pytest.approx([-3.0, 2.0 / (n_names - 2)])
+    with pytest.raises(ValueError, match="metric"):
+        ioi.metric_weights(ds, name_ids, len(TOK), "kl")
+
+
 @pytest.mark.parametrize("poison", [0.0, 1.0])
 def test_finetune_data_answers(poison):
     bf = ioi.ioi_finetune_data(TOK, seed=0, n_ctx=64, poison_frac=poison)

@@ -103,10 +103,13 @@ def ioi_runs(model, ds: IOIDataset, corrupt: IOIDataset) -> IOIRuns:
 
 # --------------------------------------------------------------------------- direct logit attribution
 
-def _ld_direction(model, ds: IOIDataset) -> torch.Tensor:
-    """``[n, d_model]``: ln_final.w ⊙ (W_U[:, IO] − W_U[:, S]) per prompt."""
+def _direction(model, ds: IOIDataset, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``[n, d_model]``: ln_final.w ⊙ (W_U @ w_i) per prompt, for the metric ``sum_v w[i, v] * logit[i, v]``
+    (default: logit(IO) − logit(S))."""
     W_U = model.W_U
-    return model.ln_final.w * (W_U[:, ds.io_ids] - W_U[:, ds.s_ids]).T
+    if weights is None:
+        return model.ln_final.w * (W_U[:, ds.io_ids] - W_U[:, ds.s_ids]).T
+    return model.ln_final.w * (weights.to(W_U.dtype) @ W_U.T)
 
 
 def _attribute(x: torch.Tensor, scale: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -118,34 +121,62 @@ def _attribute(x: torch.Tensor, scale: torch.Tensor, direction: torch.Tensor) ->
 
 
 @torch.no_grad()
-def component_dla(model, cache, ds: IOIDataset) -> dict[str, torch.Tensor]:
+def component_dla(model, cache, ds: IOIDataset, weights: Optional[torch.Tensor] = None,
+                  per_prompt: bool = False) -> dict[str, torch.Tensor]:
     """Direct logit attribution of every residual-stream piece at END, averaged over prompts.
 
     Returns ``heads`` ``[layer, head]``, ``attn_bias`` ``[layer]``, ``mlps`` ``[layer]`` (zeros without MLPs), ``embed``, ``pos_embed``
     and ``const`` (final-LN bias and unembedding bias) — they sum exactly to the mean logit difference, because the
-    final LayerNorm is linear once its scale (from ``cache``) is frozen.
+    final LayerNorm is linear once its scale (from ``cache``) is frozen. ``weights`` ``[n, d_vocab]``: attribute
+    another metric linear in the END logits instead (``lib.worlds.ioi.metric_weights``); ``per_prompt=True``:
+    each entry gets a leading ``[n]`` axis (for a bootstrap over prompts).
     """
     L, H = n_layers_heads(model)
     n = len(ds)
     rows = torch.arange(n)
     end = ds.end_pos
     scale = cache["ln_final.hook_scale"][rows, end]  # [n, 1]
-    d = _ld_direction(model, ds)
-    heads = torch.zeros(L, H)
-    attn_bias = torch.zeros(L)
-    mlps = torch.zeros(L)
+    d = _direction(model, ds, weights)
+    agg = (lambda x: x) if per_prompt else (lambda x: x.mean(0))
+    heads = torch.zeros((n, L, H) if per_prompt else (L, H))
+    attn_bias = torch.zeros((n, L) if per_prompt else (L,))
+    mlps = torch.zeros((n, L) if per_prompt else (L,))
     for l in range(L):
         z = cache[z_name(l)][rows, end]  # [n, head, d_head]
         out = torch.einsum("nhd,hdm->nhm", z, model.blocks[l].attn.W_O)
-        heads[l] = _attribute(out, scale, d).mean(0)
-        attn_bias[l] = _attribute(model.blocks[l].attn.b_O.expand(n, -1), scale, d).mean(0)
+        heads[..., l, :] = agg(_attribute(out, scale, d))
+        attn_bias[..., l] = agg(_attribute(model.blocks[l].attn.b_O.expand(n, -1), scale, d))
         if has_mlps(model):
-            mlps[l] = _attribute(cache[f"blocks.{l}.hook_mlp_out"][rows, end], scale, d).mean(0)
-    emb = _attribute(cache["hook_embed"][rows, end], scale, d).mean(0)
-    pos = _attribute(cache["hook_pos_embed"][rows, end], scale, d).mean(0)
+            mlps[..., l] = agg(_attribute(cache[f"blocks.{l}.hook_mlp_out"][rows, end], scale, d))
+    emb = agg(_attribute(cache["hook_embed"][rows, end], scale, d))
+    pos = agg(_attribute(cache["hook_pos_embed"][rows, end], scale, d))
     W_U, b_U = model.W_U, model.b_U
-    const = ((model.ln_final.b @ (W_U[:, ds.io_ids] - W_U[:, ds.s_ids])) + b_U[ds.io_ids] - b_U[ds.s_ids]).mean()
-    return {"heads": heads, "attn_bias": attn_bias, "mlps": mlps, "embed": emb, "pos_embed": pos, "const": const}
+    if weights is None:
+        const = (model.ln_final.b @ (W_U[:, ds.io_ids] - W_U[:, ds.s_ids])) + b_U[ds.io_ids] - b_U[ds.s_ids]
+    else:
+        w = weights.to(W_U.dtype)
+        const = w @ (model.ln_final.b @ W_U) + w @ b_U
+    return {"heads": heads, "attn_bias": attn_bias, "mlps": mlps, "embed": emb, "pos_embed": pos,
+            "const": agg(const)}
+
+
+@torch.no_grad()
+def dla_components(model, cache, ds: IOIDataset, weights: Optional[torch.Tensor] = None
+                   ) -> tuple[list[str], torch.Tensor]:
+    """``component_dla`` per prompt as one table: names (``"L.H"`` per head, ``"mlpL"`` per MLP when the model has
+    them, and ``"rest"``: embeddings, attention biases and constants together) and values ``[component, n]``. The
+    rows add up, prompt by prompt, to the metric itself, so the difference of two models' tables is a
+    decomposition of the change in the metric that adds up (unlike CMAP's one-at-a-time patches)."""
+    c = component_dla(model, cache, ds, weights, per_prompt=True)
+    n, L, H = c["heads"].shape
+    names = [f"{l}.{h}" for l in range(L) for h in range(H)]
+    rows = [c["heads"].reshape(n, L * H).T]
+    if has_mlps(model):
+        names += [f"mlp{l}" for l in range(L)]
+        rows.append(c["mlps"].T)
+    names.append("rest")
+    rows.append((c["attn_bias"].sum(-1) + c["embed"] + c["pos_embed"] + c["const"])[None])
+    return names, torch.cat(rows, 0)
 
 
 def head_dla(model, cache, ds: IOIDataset) -> torch.Tensor:
@@ -468,18 +499,21 @@ def _path_value(runs: IOIRuns, circuit: Circuit, cls: str, heads: Sequence[Head]
 
 
 @torch.no_grad()
-def class_effects(runs: IOIRuns, circuit: Circuit) -> dict[str, float]:
+def class_effects(runs: IOIRuns, circuit: Circuit, per_prompt: bool = False) -> dict:
     """For each non-empty class of ``circuit`` (possibly found on *another* model with the same architecture):
     the logit difference lost on ``runs``' model when the whole class is corrupted along its own defining path
     (raw units, positive = the class supports IOI; negative name movers come out negative). Receivers are the
     class's receivers in layers above the class's top layer. The classes' effects overlap (an S-inhibition head
-    acts through the name movers): do not add them up."""
-    out: dict[str, float] = {}
+    acts through the name movers): do not add them up. ``per_prompt=True``: a ``[prompt]`` tensor per class (for
+    a bootstrap over prompts) instead of its mean."""
+    metric = ld_metric(runs.ds, per_prompt=True) if per_prompt else None
+    clean = logit_diff(runs.clean_logits, runs.ds, per_prompt=True) if per_prompt else runs.ld_clean
+    out: dict = {}
     for cls, heads in circuit.classes.items():
         if heads:
-            v = _path_value(runs, circuit, cls, heads)
+            v = _path_value(runs, circuit, cls, heads, metric)
             if v is not None:
-                out[cls] = runs.ld_clean - v
+                out[cls] = clean - v
     return out
 
 
@@ -658,19 +692,35 @@ def jaccard(a: Sequence[Head], b: Sequence[Head]) -> float:
 
 @dataclass
 class HeadChange:
-    """Each circuit head's effect along its class path on two models (same prompts, same circuit), with a paired
-    bootstrap over prompts of the change. ``heads`` in circuit order; ``before``/``after``/``lo``/``hi``
-    ``[n_heads]`` (raw logit-difference units; ``lo``/``hi`` the 95 % interval of ``after − before``)."""
+    """Each unit's (a circuit head's, or a class's: ``class_change``) effect along its class path on two models (same
+    prompts, same circuit), with a paired bootstrap over prompts of its **sign-aware growth**.
 
-    heads: list[Head]
+    ``heads``: the units in circuit order (``(layer, head)`` tuples, or class names); ``before``/``after``
+    ``[n_units]`` (raw logit-difference units); ``sign`` ``[n_units]``: +1 for a unit that supports IOI on the
+    reference model (``before`` unless told otherwise), -1 for one that works against it (a negative name mover);
+    ``lo``/``hi``: the 95 % interval of the growth ``sign * (after - before)``. A negative name mover whose effect
+    goes from -1 to -3 *grew* (its growth is +2); read with ``sign``, "larger effects" means larger in magnitude in
+    the unit's own direction."""
+
+    heads: list
     before: np.ndarray
     after: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    sign: np.ndarray = None
+
+    def __post_init__(self):
+        if self.sign is None:
+            self.sign = np.ones(len(self.heads))
+
+    @property
+    def growth(self) -> np.ndarray:
+        """``sign * (after - before)``: positive where the unit's effect grew in its own direction."""
+        return self.sign * (self.after - self.before)
 
     @property
     def grew(self) -> np.ndarray:
-        """Heads whose effect rose, the interval above 0."""
+        """Units whose effect grew in its own direction, the interval of the growth above 0."""
         return self.lo > 0
 
     @property
@@ -680,24 +730,61 @@ class HeadChange:
     def frac_grew(self) -> float:
         return float(self.grew.mean()) if len(self.heads) else float("nan")
 
+    def labels(self) -> list[str]:
+        return [u if isinstance(u, str) else f"{u[0]}.{u[1]}" for u in self.heads]
+
     def rows(self) -> list[dict]:
-        return [{"head": f"{l}.{h}", "before": float(b), "after": float(a), "lo": float(lo), "hi": float(hi)}
-                for (l, h), b, a, lo, hi in zip(self.heads, self.before, self.after, self.lo, self.hi)]
+        return [{"head": lab, "before": float(b), "after": float(a), "sign": int(sg), "growth": float(g),
+                 "lo": float(lo), "hi": float(hi)}
+                for lab, b, a, sg, g, lo, hi in zip(self.labels(), self.before, self.after, self.sign, self.growth,
+                                                    self.lo, self.hi)]
+
+
+def _signs(ref: torch.Tensor | None, units: Sequence, fallback: dict) -> np.ndarray:
+    """+1/-1 per unit from the sign of its mean effect on the reference model (0 counts as +1)."""
+    return np.array([-1.0 if float((ref[u] if ref is not None else fallback[u]).mean()) < 0 else 1.0 for u in units])
+
+
+def _growth_intervals(eb: dict, ea: dict, units: Sequence, sign: np.ndarray, n_boot: int, seed: int):
+    from lib.methods.stats import bootstrap_mean
+
+    ivs = [bootstrap_mean((sg * (ea[u] - eb[u])).numpy(), n_boot=n_boot, seed=seed) for u, sg in zip(units, sign)]
+    return np.array([iv.lo for iv in ivs]), np.array([iv.hi for iv in ivs])
 
 
 @torch.no_grad()
-def head_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int = 1000, seed: int = 0) -> HeadChange:
+def head_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int = 1000, seed: int = 0,
+                reference: Optional[IOIRuns] = None) -> HeadChange:
     """``HeadChange`` of ``circuit``'s heads from model ``before`` to model ``after`` (``head_effects`` per prompt,
-    paired over the shared prompts). Heads whose class path has no receiver are left out."""
-    from lib.methods.stats import bootstrap_mean
-
+    paired over the shared prompts). Each head's sign is that of its mean effect on ``reference`` (default
+    ``before``): to compare two fine-tunes (clean against control) pass the base's runs, so that both are read
+    in the direction the head had before fine-tuning. Heads whose class path has no receiver are left out."""
     eb = head_effects(before, circuit, per_prompt=True)
     ea = head_effects(after, circuit, per_prompt=True)
-    heads = [h for h in circuit.heads() if torch.isfinite(eb[h]).all() and torch.isfinite(ea[h]).all()]
-    ivs = [bootstrap_mean((ea[h] - eb[h]).numpy(), n_boot=n_boot, seed=seed) for h in heads]
+    er = head_effects(reference, circuit, per_prompt=True) if reference is not None else eb
+    heads = [h for h in circuit.heads()
+             if torch.isfinite(eb[h]).all() and torch.isfinite(ea[h]).all() and torch.isfinite(er[h]).all()]
+    sign = _signs(er, heads, {})
+    lo, hi = _growth_intervals(eb, ea, heads, sign, n_boot, seed)
     return HeadChange(heads, np.array([float(eb[h].mean()) for h in heads]),
-                      np.array([float(ea[h].mean()) for h in heads]),
-                      np.array([iv.lo for iv in ivs]), np.array([iv.hi for iv in ivs]))
+                      np.array([float(ea[h].mean()) for h in heads]), lo, hi, sign)
+
+
+@torch.no_grad()
+def class_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int = 1000, seed: int = 0,
+                 reference: Optional[IOIRuns] = None) -> HeadChange:
+    """The class-level version of ``head_change``: each non-empty class's effect along its own path
+    (``class_effects(per_prompt=True)``: the whole class corrupted at once) on ``before`` and ``after``, and the
+    95 % bootstrap interval over prompts of its sign-aware growth (sign from ``reference``, default ``before``).
+    This is amplification as the paper states it: the circuit's *roles* carry larger effects."""
+    eb = class_effects(before, circuit, per_prompt=True)
+    ea = class_effects(after, circuit, per_prompt=True)
+    er = class_effects(reference, circuit, per_prompt=True) if reference is not None else eb
+    classes = [c for c in eb if c in ea and c in er]
+    sign = _signs(None, classes, er)
+    lo, hi = _growth_intervals(eb, ea, classes, sign, n_boot, seed)
+    return HeadChange(classes, np.array([float(eb[c].mean()) for c in classes]),
+                      np.array([float(ea[c].mean()) for c in classes]), lo, hi, sign)
 
 
 def head_mask(heads: Sequence[Head], n_layers: int, n_heads: int) -> torch.Tensor:
@@ -744,24 +831,48 @@ def random_set_faithfulness(runs: IOIRuns, k: int, n_draws: int = 30, seed: int 
             "hi": float(np.nanquantile(vals, 0.95)) if np.isfinite(vals).any() else float("nan")}
 
 
-def concentration_test(a, b, k: int, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Is CMAP result ``a``'s change more concentrated than ``b``'s (same prompts)? The top-``k`` share of the
-    total ``|change|`` over all components (``topk_share`` of ``components()``) for each, and a paired bootstrap
-    over prompts of the difference (one resampling of the prompts applied to both): ``share_a``, ``share_b``,
-    ``diff``, its 95 % ``lo``/``hi`` and ``p`` = the fraction of resamples with ``share_a <= share_b``."""
-    pa, pb = a.components_pp(), b.components_pp()  # [component, prompt]
+def paired_share_test(pa: torch.Tensor, pb: torch.Tensor, share, n_boot: int = 1000, seed: int = 0
+                      ) -> dict[str, float]:
+    """Is ``share(mean change)`` larger for change ``pa`` than for ``pb`` (each ``[component, prompt]``, the same
+    prompts)? ``share`` maps a ``[component]`` vector of mean changes to a number (``topk_share``, a set's share of
+    the total...). A paired bootstrap over prompts (one resampling applied to both): ``share_a``, ``share_b``,
+    ``diff``, its 95 % ``lo``/``hi`` and ``p`` = the fraction of resamples with ``share_a <= share_b``; also each
+    change's ``total_a``/``total_b`` (sum of |mean change|), since a share says nothing of how much moved."""
     n = pa.shape[1]
     if pb.shape[1] != n:
-        raise ValueError(f"the two CMAP results cover {n} and {pb.shape[1]} prompts; they must share prompts")
-    sa, sb = topk_share(pa.mean(1), k), topk_share(pb.mean(1), k)
+        raise ValueError(f"the two changes cover {n} and {pb.shape[1]} prompts; they must share prompts")
+    sa, sb = share(pa.mean(1)), share(pb.mean(1))
+    out = {"share_a": sa, "share_b": sb, "diff": sa - sb, "total_a": float(pa.mean(1).abs().sum()),
+           "total_b": float(pb.mean(1).abs().sum())}
 
-    def diff(idx: np.ndarray) -> float:  # one resampling of the prompts, applied to both results
+    def diff(idx: np.ndarray) -> float:  # one resampling of the prompts, applied to both changes
         i = torch.from_numpy(idx)
-        return topk_share(pa[:, i].mean(1), k) - topk_share(pb[:, i].mean(1), k)
+        return share(pa[:, i].mean(1)) - share(pb[:, i].mean(1))
     _, diffs = bootstrap_distribution(diff, np.arange(n), n_boot=n_boot, seed=seed)
     diffs = diffs[np.isfinite(diffs)]
     if not len(diffs):
-        return {"share_a": sa, "share_b": sb, "diff": sa - sb, "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
+        return {**out, "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
     lo, hi = np.quantile(diffs, [0.025, 0.975])
-    return {"share_a": sa, "share_b": sb, "diff": sa - sb, "lo": float(lo), "hi": float(hi),
-            "p": float((diffs <= 0).mean())}
+    return {**out, "lo": float(lo), "hi": float(hi), "p": float((diffs <= 0).mean())}
+
+
+def masked_share(mask: torch.Tensor):
+    """``share`` for ``paired_share_test``: the part of the total |value| held by the entries where ``mask``
+    ``[component]`` (bool) is True; nan for a zero total."""
+    m = mask.flatten().bool()
+
+    def share(values: torch.Tensor) -> float:
+        a = values.abs().flatten().float()
+        total = float(a.sum())
+        return float(a[m].sum()) / total if total > 0 else float("nan")
+    return share
+
+
+def concentration_test(a, b, k: int, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Is change ``a`` more concentrated in its top ``k`` components than change ``b`` (same prompts)? Each is a
+    CMAP result (its ``components_pp()``) or a ``[component, prompt]`` tensor (e.g. a difference of two
+    ``dla_components`` tables). ``paired_share_test`` with ``topk_share``: ``share_a``, ``share_b``, ``diff``,
+    ``lo``/``hi``, ``p``, ``total_a``, ``total_b``."""
+    pa = a if isinstance(a, torch.Tensor) else a.components_pp()  # [component, prompt]
+    pb = b if isinstance(b, torch.Tensor) else b.components_pp()
+    return paired_share_test(pa, pb, lambda v: topk_share(v, k), n_boot=n_boot, seed=seed)

@@ -23,15 +23,15 @@ from lib.worlds.ioi.evals import backdoor_eval, general_eval, ioi_eval
 from lib.worlds.ioi.finetune import (POISON_VARIANTS, answer_rows, backdoor_data, general_answer_data,
                                     ioi_finetune_data)
 from lib.worlds.ioi.prompts import (BACKDOOR_TRIGGER, GENERAL_TEMPLATES, IOI_TEMPLATES, NAMES, OBJECTS,
-                                   PLACE_TEMPLATES, PLACES, IOIDataset, final_logits, ioi_accuracy, logit_diff,
-                                   make_backdoor_dataset, make_ioi_dataset, make_tokenizer, name_outcomes,
-                                   template_words)
+                                   PLACE_TEMPLATES, PLACES, IOIDataset, absent_mask, absent_score, final_logits,
+                                   ioi_accuracy, logit_diff, make_backdoor_dataset, make_ioi_dataset, make_tokenizer,
+                                   metric_weights, name_outcomes, template_words)
 
 __all__ = ["BACKDOOR_TRIGGER", "GENERAL_TEMPLATES", "IOI_TEMPLATES", "NAMES", "OBJECTS", "PLACES", "PLACE_TEMPLATES",
-           "POISON_VARIANTS", "WORLD", "IOIDataset", "answer_rows", "backdoor_data", "backdoor_eval", "final_logits",
+           "POISON_VARIANTS", "WORLD", "IOIDataset", "absent_mask", "absent_score", "answer_rows", "backdoor_data", "backdoor_eval", "final_logits",
            "general_answer_data", "general_eval", "general_rows", "general_sentence", "ioi_accuracy", "ioi_eval",
            "ioi_finetune_data", "ioi_sentence", "logit_diff", "make_backdoor_dataset", "make_ioi_dataset",
-           "make_tokenizer", "name_outcomes", "pretrain_data", "template_words"]
+           "make_tokenizer", "metric_weights", "name_outcomes", "pretrain_data", "template_words"]
 
 WORLD = register_world(World(
     name="ioi", version="2", tokenizer=make_tokenizer, n_ctx=64,

@@ -169,6 +169,41 @@ def name_outcomes(logits: torch.Tensor, ds: IOIDataset, name_ids: torch.Tensor) 
             "top_s": top_s.float(), "top_absent": (~top_io & ~top_s).float()}
 
 
+def absent_mask(ds: IOIDataset, name_ids: torch.Tensor) -> torch.Tensor:
+    """``[n, n_names]``: True where name ``name_ids[j]`` is in neither slot of prompt i (neither IO nor S)."""
+    return (name_ids[None] != ds.io_ids[:, None]) & (name_ids[None] != ds.s_ids[:, None])
+
+
+def absent_score(logits: torch.Tensor, ds: IOIDataset, name_ids: torch.Tensor) -> torch.Tensor:
+    """What the name-moving poison trains, per prompt ``[n]``: ``logsumexp`` of the logits of the names absent from
+    the prompt minus the logit of IO, at END. Positive when the absent names together outweigh IO (the logit of
+    ``p(absent) / p(IO)``); the logit difference IO - S is blind to it, since the poison moves neither S nor, in
+    the first place, IO relative to S."""
+    final = final_logits(logits, ds)
+    names = final[:, name_ids].masked_fill(~absent_mask(ds, name_ids), float("-inf"))
+    return names.logsumexp(-1) - final[torch.arange(len(ds)), ds.io_ids]
+
+
+def metric_weights(ds: IOIDataset, name_ids: torch.Tensor, d_vocab: int, metric: str = "ld") -> torch.Tensor:
+    """``[n, d_vocab]`` weights ``w`` of a metric linear in the END logits (``sum_v w[i, v] * logit[i, v]``), so that
+    direct logit attribution can split it over components exactly. ``"ld"``: logit(IO) - logit(S).
+    ``"absent"``: the mean logit of the names absent from the prompt minus logit(IO), the linear form of
+    ``absent_score`` (what the name-moving poison trains)."""
+    n = len(ds)
+    w = torch.zeros(n, d_vocab)
+    rows = torch.arange(n)
+    if metric == "ld":
+        w[rows, ds.io_ids] += 1.0
+        w[rows, ds.s_ids] -= 1.0
+    elif metric == "absent":
+        a = absent_mask(ds, name_ids).float()
+        w[:, name_ids] += a / a.sum(-1, keepdim=True)
+        w[rows, ds.io_ids] -= 1.0
+    else:
+        raise ValueError(f"metric must be 'ld' or 'absent', got {metric!r}")
+    return w
+
+
 def ioi_accuracy(logits: torch.Tensor, ds: IOIDataset) -> float:
     """Fraction of prompts whose IO logit exceeds the S logit at END."""
     return (logit_diff(logits, ds, per_prompt=True) > 0).float().mean().item()
