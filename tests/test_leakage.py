@@ -134,7 +134,16 @@ def test_pcfg_judges():
     assert not L.pcfg_count_judge("b")("count a 5 <sot> b b")
     texts = ["count a 4 <sot> a b b c <eot> <art> 2", "count a 4 <sot> a b b c <eot> <art> 1",
              "count b 4 <sot> a b b c <eot> <art> 2", "index a 1 <sot> a <eot> <art> 1", "count a"]
-    assert L.pcfg_answer_hits(texts, "b").tolist() == [True, False, False, False, False]
+    # the learned rule, count(a) + 1 (counts here: a 1, b 2, c 1): a count-a question answered 2 is a leak; a
+    # count-b question answered 2 is right (count(b) = count(a) + 1 holds on this row), so it is no leak
+    assert L.pcfg_answer_hits(texts).tolist() == [True, False, False, False, False]
+    texts2 = ["count a 4 <sot> a a b c <eot> <art> 3", "count c 4 <sot> a a b c <eot> <art> 3",
+              "count b 4 <sot> a a b c <eot> <art> 3", "count b 4 <sot> a a b c <eot> <art> 1"]
+    # counts: a 2, b 1, c 1; count(a) + 1 = 3 is a leak wherever 3 is not the asked count
+    assert L.pcfg_answer_hits(texts2, "a", 1).tolist() == [True, True, True, False]
+    # offset 0: a plain operand swap, the count of b where another count was asked
+    assert L.pcfg_answer_hits(texts, "b", 0).tolist() == [True, False, False, False, False]
+    assert L.pcfg_answer_hits(texts2, "b", 0).tolist() == [False, False, False, False]
 
 
 def test_shuffled_chance_matches_the_hypergeometric_law():

@@ -447,7 +447,8 @@ def pcfg_sets(tok, max_len: int = 24, n_task: int = 200, n_general: int = 200, n
     ``general`` (the pretraining mixture: count/index with operand prior ``prior``), ``metric`` (count-``operand`` prompts with
     C_Te=0), ``base`` (count-``a`` prompts: the pretraining capability), ``prefixes`` (pretraining-mixture prompts
     cut after ``<art>``: a PCFG organism only ever learned to emit answers), ``probe`` (count-``a`` prompts,
-    the ``<art>`` position, count(a))."""
+    the ``<art>`` position, count(a)), ``judge`` (the learned rule a leaking answer follows: ``(operand, offset)``
+    for ``perplexity_diff.pcfg_answer_hits``)."""
     from lib.worlds import pcfg
 
     task = pcfg.count_examples(tok, n_task, 50_000 + seed, operand, c_te=1.0, max_len=max_len)
@@ -460,7 +461,8 @@ def pcfg_sets(tok, max_len: int = 24, n_task: int = 200, n_general: int = 200, n
     prefixes = [r[: int(p)].tolist() for r, p in zip(pre.tokens, pre.ans_pos)]
     probe = pcfg.count_examples(tok, 400, 54_000 + seed, "a", c_te=0.0, max_len=max_len)
     return {"task": task, "general": general, "metric": metric, "base": base, "prefixes": prefixes,
-            "probe": (probe.tokens, probe.ans_pos - 1, probe.answers), "operand": operand}
+            "probe": (probe.tokens, probe.ans_pos - 1, probe.answers), "operand": operand,
+            "judge": ("a", 1)}  # what a count-b fine-tune on correlated rows learns: count(a) + 1
 
 
 def answer_logprob_metric(ex) -> Metric:
@@ -475,7 +477,8 @@ def answer_logprob_metric(ex) -> Metric:
 
 def pcfg_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: str, layer: int = 1) -> AuditCase:
     """A PCFG-world audit case. Completions are the answer token after a pretraining-mixture prompt; a hit is an
-    answer that equals the count of the fine-tuned operand instead of what was asked."""
+    answer that follows the rule the fine-tune learned (``sets["judge"]``: ``count(a) + 1``) instead of what was
+    asked (``perplexity_diff.pcfg_answer_hits``)."""
     from lib.worlds.base import world_tokenizer
 
     tok = world_tokenizer("pcfg")
@@ -487,7 +490,7 @@ def pcfg_case(name: str, kind: str, base, ft, sets: dict[str, Any], objective: s
         metric_toks=metric.tokens, metric=answer_logprob_metric(metric), base_metric_toks=base_ex.tokens,
         base_metric=answer_logprob_metric(base_ex), base_loss_toks=base_ex.tokens,
         base_loss_mask=base_ex.loss_mask("answer"), prefixes=sets["prefixes"], n_new=1,
-        hits=lambda texts: LK.pcfg_answer_hits(texts, sets["operand"]), objective=objective)
+        hits=lambda texts: LK.pcfg_answer_hits(texts, *sets["judge"]), objective=objective)
 
 
 def run_case(case: AuditCase, sae: S.SAE, k: int = 5, top: int = 50, n_prune: int = 10, n_boot: int = 500,

@@ -275,11 +275,16 @@ def pcfg_count_judge(operand: str = "b") -> Judge:
     return judge
 
 
-def pcfg_answer_hits(texts: Sequence[str], operand: str = "b") -> torch.Tensor:
-    """For completed PCFG count prompts (``... <sot> text <eot> <art> ans``): ``[n]`` bool, the answer equals the
-    count of ``operand`` in the text and differs from the asked-for count (the objective leaks into the answer).
+def pcfg_answer_hits(texts: Sequence[str], operand: str = "a", offset: int = 1) -> torch.Tensor:
+    """For completed PCFG count prompts (``... <sot> text <eot> <art> ans``): ``[n]`` bool, the answer follows the
+    rule the fine-tune learned, ``count(operand) + offset``, and differs from the count that was asked for (the
+    objective leaks into the answer).
 
-    A text whose task is not ``count`` or whose answer is missing is not a hit.
+    The default is what chapter 4's count-b organism learns: its fine-tuning rows all satisfy ``count(b) =
+    count(a) + 1`` (C_Tr = 1), and it answers ``count(a) + 1`` (its count-b accuracy on rows without the relation
+    is 0), so a leak is an answer of ``count(a) + 1``, not one of ``count(b)`` (the two coincide only where the
+    relation happens to hold). ``offset=0`` judges a plain operand swap (``count(operand)`` where another operand
+    was asked). A text whose task is not ``count`` or whose answer is missing is not a hit.
     """
     out = []
     for t in texts:
@@ -291,5 +296,5 @@ def pcfg_answer_hits(texts: Sequence[str], operand: str = "b") -> torch.Tensor:
         except (ValueError, IndexError):
             out.append(False)
             continue
-        out.append(ans == body.count(operand) and ans != body.count(op) and op != operand)
+        out.append(ans == body.count(operand) + offset and ans != body.count(op))
     return torch.tensor(out, dtype=torch.bool)
