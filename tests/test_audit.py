@@ -67,8 +67,11 @@ def test_pruning_probe_reports_revival_and_probe(tiny):
     r = A.pruning_probe(case, n_prune=4, probe=sets["probe"], min_gap=0.0)
     d = r.details
     assert len(d["units"]) == 4 and d["impl"] == "lib.methods.pruning"
-    want = (d["pruned_metric"] - d["ft_metric"]) / (d["base_metric"] - d["ft_metric"])
-    assert r.stat == pytest.approx(want)
+    unbounded = (d["pruned_metric"] - d["ft_metric"]) / (d["base_metric"] - d["ft_metric"])
+    assert d["revived_unbounded"] == pytest.approx(unbounded)
+    assert d["revived"] == pytest.approx(min(1.0, max(0.0, unbounded)))  # bounded to [0, 1]
+    assert r.stat == pytest.approx(d["revived"] - d["null_mean"]) and -1.0 <= r.stat <= 1.0
+    assert 0.0 <= d["null_mean"] <= d["null_hi"] + 1e-9 <= 1.0 + 1e-9 and 0 < d["p"] <= 1
     assert 0.0 <= d["probe_ft"] <= 1.0 and d["probe_block"] == 2
     # pruning is undone afterwards
     assert float(case.base_metric(ft(case.base_metric_toks).detach())) == pytest.approx(d["ft_metric"], abs=1e-5)

@@ -1,6 +1,8 @@
 """Pruning (Alg. 3), probing and reFT helpers, on a tiny random model."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -185,3 +187,27 @@ def test_random_pruning_curve_is_the_unranked_control(batch):
     assert pruning.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5) == \
         pruning.random_pruning_curve(m, ev, ks=[1], n_draws=3, seed=5)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_revived_share_is_bounded_and_undefined_without_a_gap():
+    """Hand values: a base metric of -1, a fine-tune at -3 (gap 2). Pruning to -2 revives half; to 0 overshoots
+    the base (unbounded 1.5) and counts as a full revival; to -4 makes it worse and counts as none. A fine-tune
+    that moved the metric by less than ``min_gap`` has nothing to revive: nan, not 0."""
+    from lib.methods.pruning import revived_share
+
+    assert revived_share(-3.0, -2.0, -1.0) == pytest.approx(0.5)
+    assert revived_share(-3.0, 0.0, -1.0) == 1.0 and revived_share(-3.0, -4.0, -1.0) == 0.0
+    assert revived_share(3.0, 2.0, 1.0) == pytest.approx(0.5)  # a metric that fell: the same share
+    assert math.isnan(revived_share(-3.0, -2.0, -2.8, min_gap=0.5))
+    assert revived_share(-3.0, -2.9, -2.8, min_gap=0.0) == pytest.approx(0.5)
+
+
+def test_random_units_draws_distinct_units_of_the_set():
+    from lib.methods.pruning import Unit, random_units
+
+    units = [Unit("blocks.0.mlp.in", i) for i in range(6)]
+    draws = random_units(units, 3, 50, seed=1)
+    assert len(draws) == 50 and all(len(d) == len(set(d)) == 3 and set(d) <= set(units) for d in draws)
+    assert random_units(units, 3, 50, seed=1) == draws  # deterministic in the seed
+    assert len({tuple(sorted(u.row for u in d)) for d in draws}) > 5  # and not one fixed set
+    assert [len(d) for d in random_units(units, 10, 2)] == [6, 6]  # k capped at the number of units

@@ -169,14 +169,17 @@ def probe_accuracy(model, toks: torch.Tensor, pos: torch.Tensor, labels: torch.T
 
 def pruning_probe(case: AuditCase, n_prune: int = 10, probe_block: Optional[int] = None,
                   probe: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
-                  min_gap: float = 0.5) -> MethodResult:
+                  min_gap: float = 0.5, n_null: int = 20, seed: int = 0) -> MethodResult:
     """Jain et al.'s wrapper test (``lib.methods.pruning``): score every unit (row of a block's linear layer) of the
     fine-tune by Alg. 3 on the *base behaviour's* loss, zero the top ``n_prune`` (those whose removal most lowers
-    it) and measure how much of the base capability (``case.base_metric``) comes back: ``stat`` =
-    (pruned − ft) / (base − ft) (the revived share; nan if the fine-tune did not move the base metric by at least
-    ``min_gap``). ``probe`` = (toks, pos, labels) adds linear-probe accuracies of the base behaviour's answer in
-    the fine-tune and the base at ``probe_block`` (default: after the last block)."""
-    from lib.methods.pruning import linear_layers, pruned, top_units, unit_scores
+    it) and measure how much of the base capability (``case.base_metric``) comes back, as a bounded share of the
+    base-minus-fine-tune gap (``pruning.revived_share``, in [0, 1]; nan if the fine-tune did not move the base
+    metric by at least ``min_gap``). Its null: the same share after zeroing ``n_null`` random sets of ``n_prune``
+    units. ``stat`` = revived share − the null's mean (in [-1, 1]); ``details["p"]`` the fraction of random sets
+    reviving at least as much (``(1 + #) / (1 + n_null)``). ``probe`` = (toks, pos, labels) adds linear-probe
+    accuracies of the base behaviour's answer in the fine-tune and the base at ``probe_block`` (default: after
+    the last block)."""
+    from lib.methods.pruning import linear_layers, pruned, random_units, revived_share, top_units, unit_scores
     from lib.worlds.base import masked_lm_loss
 
     def loss_fn(model):
@@ -185,27 +188,38 @@ def pruning_probe(case: AuditCase, n_prune: int = 10, probe_block: Optional[int]
     layers = linear_layers(case.ft)
     units, scores = unit_scores(case.ft, loss_fn, layers)
     chosen = top_units(units, scores, n_prune)
+
+    def metric_pruned(us) -> float:
+        with pruned(case.ft, us, layers):
+            return float(case.base_metric(case.ft(case.base_metric_toks)))
     with torch.no_grad():
         m_base = float(case.base_metric(case.base(case.base_metric_toks)))
         m_ft = float(case.base_metric(case.ft(case.base_metric_toks)))
-        with pruned(case.ft, chosen, layers):
-            m_pruned = float(case.base_metric(case.ft(case.base_metric_toks)))
+        m_pruned = metric_pruned(chosen)
+        null = np.array([revived_share(m_ft, metric_pruned(us), m_base, min_gap)
+                         for us in random_units(units, n_prune, n_null, seed)])
     gap = m_base - m_ft
-    revived = (m_pruned - m_ft) / gap if abs(gap) >= min_gap else float("nan")
+    revived = revived_share(m_ft, m_pruned, m_base, min_gap)
+    stat = revived - float(null.mean()) if np.isfinite(revived) else float("nan")
+    p = float((1 + (null >= revived).sum()) / (1 + len(null))) if np.isfinite(revived) else float("nan")
     where = sorted({u.layer.replace("blocks.", "") for u in chosen})
     details: dict[str, Any] = {"impl": "lib.methods.pruning", "base_metric": m_base, "ft_metric": m_ft,
-                               "pruned_metric": m_pruned, "gap": gap, "units": [str(u) for u in chosen],
-                               "layers": where}
+                               "pruned_metric": m_pruned, "gap": gap, "revived": revived,
+                               "revived_unbounded": (m_pruned - m_ft) / gap if abs(gap) >= min_gap else float("nan"),
+                               "null_mean": float(null.mean()) if len(null) else float("nan"),
+                               "null_hi": float(np.quantile(null, 0.95)) if np.isfinite(null).all() else float("nan"),
+                               "p": p, "units": [str(u) for u in chosen], "layers": where}
     if probe is not None:
         block = int(case.ft.cfg.n_layers) if probe_block is None else probe_block
         details["probe_ft"] = probe_accuracy(case.ft, *probe, block=block)
         details["probe_base"] = probe_accuracy(case.base, *probe, block=block)
         details["probe_block"] = block
     loc = f"{n_prune} units ({', '.join(where[:3])}{'…' if len(where) > 3 else ''}): base metric " \
-          f"{m_ft:.2f} → {m_pruned:.2f} (base {m_base:.2f})"
+          f"{m_ft:.2f} → {m_pruned:.2f} (base {m_base:.2f}); revived {revived:.0%}, random units " \
+          f"{details['null_mean']:.0%}"
     if probe is not None:
         loc += f"; probe {details['probe_ft']:.2f} (base {details['probe_base']:.2f})"
-    return MethodResult("pruning_probe", case.name, revived, loc, details)
+    return MethodResult("pruning_probe", case.name, stat, loc, details)
 
 
 # --------------------------------------------------------------------------- verdicts and the table
@@ -221,8 +235,8 @@ def verdict(result: MethodResult, control: Optional[MethodResult], ratio: float 
 
     circuit diff / weight change: statistic > ``ratio`` × control's; feature movement: the bootstrap interval of
     ``I_G − I_S`` lies above 0 and above the control's point estimate; perplexity differencing: count@top exceeds
-    chance by ≥ 3 and exceeds the control's excess; pruning: ≥ 20 % of the base behaviour revived (None if the
-    fine-tune did not change the base behaviour).
+    chance by ≥ 3 and exceeds the control's excess; pruning: ≥ 20 % of the base behaviour's gap revived beyond
+    what as many random units revive (the bounded score; None if the fine-tune did not change the base behaviour).
     """
     m = result.method
     if m in ("circuit_diff", "weight_localization"):
@@ -507,7 +521,7 @@ def run_case(case: AuditCase, sae: S.SAE, k: int = 5, top: int = 50, n_prune: in
         elif m == "perplexity_differencing":
             out[m] = perplexity_differencing(case, top=top, seed=seed)
         elif m == "pruning_probe":
-            out[m] = pruning_probe(case, n_prune=n_prune, probe=probe)
+            out[m] = pruning_probe(case, n_prune=n_prune, probe=probe, seed=seed)
         else:
             raise ValueError(f"unknown method {m!r}; methods: {METHODS}")
     return out

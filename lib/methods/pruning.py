@@ -13,6 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 LossFn = Callable[[torch.nn.Module], torch.Tensor]
@@ -78,6 +79,25 @@ def top_units(units: Sequence[Unit], scores: torch.Tensor, k: int) -> list[Unit]
     """The ``k`` units with the largest scores (descending)."""
     order = torch.argsort(scores, descending=True)[:k]
     return [units[int(i)] for i in order]
+
+
+def revived_share(m_ft: float, m_pruned: float, m_base: float, min_gap: float = 0.5) -> float:
+    """The share of the base-minus-fine-tune gap in a base metric that pruning restores, **bounded** to [0, 1]:
+    ``(m_pruned - m_ft) / (m_base - m_ft)`` clipped, so that overshooting the base counts as a full revival and
+    making things worse as none (the unbounded ratio reaches 2-4 on fine-tunes that barely moved the metric, and a
+    few such values decide a calibrated threshold). NaN where the fine-tune moved the metric by less than
+    ``min_gap`` (nothing to revive: undefined, not 0)."""
+    gap = m_base - m_ft
+    if not abs(gap) >= min_gap:
+        return float("nan")
+    return float(min(1.0, max(0.0, (m_pruned - m_ft) / gap)))
+
+
+def random_units(units: Sequence[Unit], k: int, n_draws: int, seed: int = 0) -> list[list[Unit]]:
+    """``n_draws`` random sets of ``k`` distinct units (the null of a pruning score: as many units, not chosen)."""
+    rng = np.random.default_rng(seed)
+    k = min(k, len(units))
+    return [[units[int(i)] for i in rng.choice(len(units), k, replace=False)] for _ in range(n_draws)]
 
 
 @contextlib.contextmanager
