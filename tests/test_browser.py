@@ -97,6 +97,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PAGE_STATE = ("return {url: location.href, ready: document.readyState, title: document.title, "
+              "main: !!document.querySelector('main')};")
+
+
 class WebDriver:
     """The few W3C WebDriver commands this test needs, spoken to chromedriver over HTTP."""
 
@@ -132,8 +136,19 @@ class WebDriver:
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"webdriver {method} {path}: {e.read().decode()[:500]}") from None
 
-    def get(self, url: str) -> None:
+    def get(self, url: str, wait: float = 30.0) -> None:
+        """Open ``url`` and return once the browser shows it, fully loaded, with its ``main`` element. WebDriver's
+        own wait (the load event) has twice answered early in CI on a loaded 2-core runner (both times on chapter
+        2's page, the largest): the next read found no title or figure in a page the served HTML has."""
         self._call("POST", f"/session/{self.session}/url", {"url": url}, timeout=90)
+        want = url.split("#")[0]
+        deadline = time.monotonic() + wait
+        while True:
+            state = self.js(PAGE_STATE)
+            if (state["ready"] == "complete" and state["url"].split("#")[0] == want and state["main"]) \
+                    or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
     def js(self, script: str, *args):
         return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": list(args)})
@@ -554,7 +569,6 @@ return {h1: h1.replace(/[#¶]\s*$/, '').trim(), nav};
 """
 
 
-PAGE_STATE = "return {url: location.href, ready: document.readyState, title: document.title};"
 
 
 def _page_title(browser, wait: float = 15.0) -> tuple[str, dict]:
