@@ -740,9 +740,10 @@ class HeadChange:
                                                     self.lo, self.hi)]
 
 
-def _signs(ref: torch.Tensor | None, units: Sequence, fallback: dict) -> np.ndarray:
-    """+1/-1 per unit from the sign of its mean effect on the reference model (0 counts as +1)."""
-    return np.array([-1.0 if float((ref[u] if ref is not None else fallback[u]).mean()) < 0 else 1.0 for u in units])
+def _signs(ref, units: Sequence) -> np.ndarray:
+    """+1/-1 per unit from the sign of its mean effect on the reference model, ``ref[unit]`` a per-prompt tensor
+    (0 counts as +1)."""
+    return np.array([-1.0 if float(ref[u].mean()) < 0 else 1.0 for u in units])
 
 
 def _growth_intervals(eb: dict, ea: dict, units: Sequence, sign: np.ndarray, n_boot: int, seed: int):
@@ -764,7 +765,7 @@ def head_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int =
     er = head_effects(reference, circuit, per_prompt=True) if reference is not None else eb
     heads = [h for h in circuit.heads()
              if torch.isfinite(eb[h]).all() and torch.isfinite(ea[h]).all() and torch.isfinite(er[h]).all()]
-    sign = _signs(er, heads, {})
+    sign = _signs(er, heads)
     lo, hi = _growth_intervals(eb, ea, heads, sign, n_boot, seed)
     return HeadChange(heads, np.array([float(eb[h].mean()) for h in heads]),
                       np.array([float(ea[h].mean()) for h in heads]), lo, hi, sign)
@@ -781,7 +782,7 @@ def class_change(before: IOIRuns, after: IOIRuns, circuit: Circuit, n_boot: int 
     ea = class_effects(after, circuit, per_prompt=True)
     er = class_effects(reference, circuit, per_prompt=True) if reference is not None else eb
     classes = [c for c in eb if c in ea and c in er]
-    sign = _signs(None, classes, er)
+    sign = _signs(er, classes)
     lo, hi = _growth_intervals(eb, ea, classes, sign, n_boot, seed)
     return HeadChange(classes, np.array([float(eb[c].mean()) for c in classes]),
                       np.array([float(ea[c].mean()) for c in classes]), lo, hi, sign)
