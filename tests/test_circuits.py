@@ -109,8 +109,6 @@ def test_paired_share_test_by_hand():
     assert out["share_a"] == pytest.approx(1.0) and out["share_b"] == pytest.approx(0.25)
     assert out["lo"] == pytest.approx(0.75) and out["hi"] == pytest.approx(0.75) and out["p"] == 0.0
     assert out["total_a"] == pytest.approx(2.0) and out["total_b"] == pytest.approx(2.0)
-    share = circuits.masked_share(torch.tensor([False, True, True, False]))
-    assert share(torch.tensor([1.0, -2.0, 1.0, 0.0])) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="prompts"):
         circuits.concentration_test(a, b[:, :10], 1)
 

@@ -857,18 +857,6 @@ def paired_share_test(pa: torch.Tensor, pb: torch.Tensor, share, n_boot: int = 1
     return {**out, "lo": float(lo), "hi": float(hi), "p": float((diffs <= 0).mean())}
 
 
-def masked_share(mask: torch.Tensor):
-    """``share`` for ``paired_share_test``: the part of the total |value| held by the entries where ``mask``
-    ``[component]`` (bool) is True; nan for a zero total."""
-    m = mask.flatten().bool()
-
-    def share(values: torch.Tensor) -> float:
-        a = values.abs().flatten().float()
-        total = float(a.sum())
-        return float(a[m].sum()) / total if total > 0 else float("nan")
-    return share
-
-
 def concentration_test(a, b, k: int, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Is change ``a`` more concentrated in its top ``k`` components than change ``b`` (same prompts)? Each is a
     CMAP result (its ``components_pp()``) or a ``[component, prompt]`` tensor (e.g. a difference of two
