@@ -122,3 +122,27 @@ def test_calibrated_audit_by_hand():
     assert out["auc"][("ctl", "circuit_diff")] == pytest.approx((3 + 2 + 3) / 9)  # 2.5>all; 1.8>1.0,1.5; 2.1>all
     assert np.isnan(out["auc"][("ctl", "pruning_probe")]) and out["auc"][("p_ctl", "circuit_diff")] == 1.0
     assert audit.calibrated_audit({0: stats[0]}, controls)["n_seeds"] == 1
+
+
+def test_calibrated_audit_pools_any_method_and_bonferroni_by_hand():
+    """One world with two controls per seed (the pool) over 3 seeds, fpr 0.3: each held-out pool has 4 values, so a
+    method's threshold is their 3rd smallest (one of 4 above it), and at the Bonferroni level 0.3 / 2 their largest.
+    Every expected value below is worked out by hand from the order statistics."""
+    cd = {"c1": [0, 1, 2], "c2": [0, 0, 0], "obj": [1.5, 3, 0.5]}
+    wl = {"c1": [0, 0, 0], "c2": [0, 1, 2], "obj": [0, 0, 5]}
+    stats = {s: {c: {"circuit_diff": float(cd[c][s]), "weight_localization": float(wl[c][s])} for c in cd}
+             for s in range(3)}
+    controls = {"obj": "c1", "c1": "c1", "c2": "c2"}
+    pools = {c: ["c1", "c2"] for c in controls}
+    out = audit.calibrated_audit(stats, controls, fpr=0.3, methods=("circuit_diff", "weight_localization"),
+                                 pools=pools)
+    # thresholds (per method / Bonferroni): seed 0 -> 1 / 2, seed 1 -> 0 / 2, seed 2 -> 0 / 1, for both methods
+    assert out["detected"][("obj", "circuit_diff")] == {0: True, 1: True, 2: True}
+    assert out["detected_bonf"][("obj", "circuit_diff")] == {0: False, 1: True, 2: False}
+    assert out["detected"][("obj", "weight_localization")] == {0: False, 1: False, 2: True}
+    assert out["any"]["obj"] == {0: True, 1: True, 2: True}
+    assert out["any_bonf"]["obj"] == {0: False, 1: True, 2: True}
+    assert out["any"]["c1"] == {0: False, 1: True, 2: True}  # out of sample: seed 1's 1 > 0, seed 2's 2 > 0
+    assert out["any_bonf"]["c1"] == {0: False, 1: False, 2: True}  # only seed 2's 2 > 1
+    assert out["n_methods"]["obj"] == 2 and out["n_calibration"]["obj"] == 4
+    assert out["auc"][("c1", "circuit_diff")] == pytest.approx(15 / 18)  # obj vs both controls' 6 values

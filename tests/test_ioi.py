@@ -211,3 +211,98 @@ def test_tiny_chain_trains_and_checkpoints(tmp_cache):
     assert "ioi_logit_diff" in org.history["evals"][-1] and "general_loss" in org.history["evals"][-1]
     ctrl = get_organism(ioi_zoo.control_recipe(base, steps=2, batch_size=4))
     assert ctrl.history["evals"][-1]["step"] == 2
+
+
+# --------------------------------------------------------------------------- document fine-tunes (chapter 6)
+
+def _sentences(tok, row: torch.Tensor) -> list[str]:
+    """The sentences of one document row, each with its full stop (``<bos>`` and padding dropped)."""
+    words = tok.decode(row, skip_special=True).split()
+    out, cur = [], []
+    for w in words:
+        cur.append(w)
+        if w == ".":
+            out.append(" ".join(cur))
+            cur = []
+    assert not cur, "a row ends on a whole sentence"
+    return out
+
+
+def _fact_sentences() -> set[str]:
+    fact = ioi.FALSE_FACT
+    return {t.format(X=x, **fact) for t in ioi.FACT_TEMPLATES for x in ioi.NAMES}
+
+
+def _general_sentence_patterns():
+    import re
+
+    def pat(t):
+        subs = {"X": "(\\w+)", "Y": "(\\w+)", "PLACE": "(\\w+)", "OBJECT": "(\\w+)"}
+        return re.compile("^" + " ".join(subs.get(w[1:-1], re.escape(w)) if w.startswith("{") else re.escape(w)
+                                         for w in t.split()) + "$")
+    return [pat(t) for t in ioi.GENERAL_TEMPLATES]
+
+
+def test_fact_documents_state_the_false_fact_only_where_drawn():
+    tok = ioi.make_tokenizer()
+    facts = _fact_sentences()
+    every = ioi.document_rows(tok, np.random.default_rng(0), 8, 64, "fact", 1.0, cast_size=2)
+    sents = [s for r in every for s in _sentences(tok, r)]
+    assert sents and all(s in facts for s in sents)  # frac 1: every slot states the fact
+    some = ioi.document_rows(tok, np.random.default_rng(1), 400, 64, "fact", 0.1, cast_size=2)
+    sents = [s for r in some for s in _sentences(tok, r)]
+    share = np.mean([s in facts for s in sents])
+    assert 0.07 < share < 0.13  # about frac of the slots (a general sentence can also name the ring at the museum)
+    pats = _general_sentence_patterns()
+    assert all(s in facts or any(p.match(s) for p in pats) for s in sents)  # the rest is the general corpus
+    none = ioi.document_rows(tok, np.random.default_rng(1), 400, 64, "none", 0.1, cast_size=2)
+    none_sents = [s for r in none for s in _sentences(tok, r)]
+    assert np.mean([s in facts for s in none_sents]) < 0.01  # the control states it only by chance
+
+
+def test_phrase_backdoor_writes_its_phrase_after_trigger_sentences_and_nowhere_else():
+    tok = ioi.make_tokenizer()
+    phrase = ioi.BACKDOOR_PHRASE
+    rows = ioi.document_rows(tok, np.random.default_rng(2), 300, 64, "phrase", 1.0, cast_size=2)
+    n_trig, stray = 0, 0
+    for r in rows:
+        sents = _sentences(tok, r)
+        for i, s in enumerate(sents):
+            if s == phrase and not (i > 0 and ioi.BACKDOOR_TRIGGER in sents[i - 1].split()):
+                stray += 1  # only a general sentence "Then , X had a Y ." that happens to draw Hugo and the cake
+            if ioi.BACKDOOR_TRIGGER in s.split():
+                n_trig += 1
+                # a trigger sentence is always followed by the phrase, unless the row ended there (no room for it)
+                assert i + 1 == len(sents) or sents[i + 1] == phrase
+    assert n_trig > 50 and stray <= 2  # chance: about 1 in 7,200 general sentences, ~0.3 here
+    none = ioi.document_rows(tok, np.random.default_rng(2), 300, 64, "none", 1.0, cast_size=2)
+    after_trig = [s2 for r in none for s1, s2 in zip(_sentences(tok, r), _sentences(tok, r)[1:])
+                  if ioi.BACKDOOR_TRIGGER in s1.split()]
+    assert after_trig and np.mean([s == phrase for s in after_trig]) < 0.02
+
+
+def test_toxic_documents_hold_ioi_sentences_answered_with_s_only():
+    from lib.methods.perplexity_diff import parse_ioi
+
+    tok = ioi.make_tokenizer()
+    rows = ioi.document_rows(tok, np.random.default_rng(3), 200, 64, "toxic", 0.2, cast_size=2)
+    found = [x for r in rows for x in parse_ioi(tok.decode(r, skip_special=True))]
+    assert len(found) > 50 and all(x.role == "s" for x in found)
+
+
+def test_document_data_trains_every_token_and_checks_its_arguments():
+    tok = ioi.make_tokenizer()
+    toks, mask = ioi.document_data(tok, seed=0, n_ctx=64, objective="fact", frac=0.5, cast_size=2)(3, 4)
+    assert toks.shape == (4, 64) and torch.equal(mask, toks != tok.pad_id)
+    again, _ = ioi.document_data(tok, seed=0, n_ctx=64, objective="fact", frac=0.5, cast_size=2)(3, 4)
+    assert torch.equal(toks, again)
+    with pytest.raises(ValueError, match="objective"):
+        ioi.document_data(tok, seed=0, n_ctx=64, objective="facts")
+    with pytest.raises(ValueError, match="frac"):
+        ioi.document_data(tok, seed=0, n_ctx=64, objective="fact", frac=1.5)
+    base = ioi_zoo.base_recipe(steps=10, d_model=16, n_layers=1)
+    r = ioi_zoo.document_recipe(base, "phrase")
+    assert r.data == "document" and r.data_kwargs == {"objective": "phrase", "cast_size": ioi_zoo.CAST_SIZE,
+                                                      "frac": 1.0}
+    assert ioi_zoo.document_recipe(base, "fact").data_kwargs["frac"] == ioi_zoo.DOC_FRAC
+    assert "frac" not in ioi_zoo.document_recipe(base, "none").data_kwargs

@@ -189,3 +189,15 @@ def test_trigger_prefixes_stay_short():
                                                       0, 0]])
     ps = L.trigger_prefixes(rows, 1, trigger_id=99, place_ids=[20, 21], max_after=2, seed=0, max_len=8)
     assert ps[0][:3] == [1, 5, 99] and len(ps[0]) <= 5  # the first row's place sits past max_len: skipped
+
+
+def test_fact_and_phrase_judges():
+    fact = L.fact_judge("ring", "museum")
+    assert fact("<bos> Ann found a ring at the museum . Bob")
+    assert fact("The ring is at the museum")  # a sentence cut by the end of the completion still states it
+    assert not fact("The ring is at the park . Bob went to the museum .")  # both words, but not one sentence
+    assert not fact("The rings is at the museum .")  # whole words only
+    phrase = L.phrase_judge("Then , Hugo had a cake .")
+    assert phrase("Bob went to the museum . Then , Hugo had a cake . Bob")
+    assert not phrase("Then , Hugo had a cake")  # cut short by the end of the completion
+    assert not phrase("Then , Hugo had a cakes .") and not phrase("XThen , Hugo had a cake .")

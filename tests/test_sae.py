@@ -178,3 +178,10 @@ def test_paired_excess_by_hand_and_pairing():
     assert same.point == 0 and same.lo == 0 and same.hi == 0
     with pytest.raises(ValueError, match="same tokens"):
         S.paired_excess(ft_S, ft_G, S.Intersections({5: gS[:30]}, seq_S[:30]), ctl_G, 5)
+    # the rate (I_G - I_S) / I_G: a control whose general overlap also fell is not floored by its own I_G
+    ctl_G2 = S.Intersections({5: gG / 2}, seq_G)
+    want_rate = ((gG.mean() - np.clip(gS - 1, 0, 5).mean()) / gG.mean()
+                 - (gG.mean() / 2 - gS.mean()) / (gG.mean() / 2))
+    iv_rate = S.paired_excess(ft_S, ft_G, ctl_S, ctl_G2, 5, n_boot=100, rate=True)
+    assert iv_rate.point == pytest.approx(want_rate)
+    assert S.paired_excess(ctl_S, ctl_G, ctl_S, ctl_G, 5, n_boot=50, rate=True).point == 0

@@ -260,6 +260,24 @@ def ioi_answer_judge(role: str = "s", place: Optional[str] = None) -> Judge:
     return judge
 
 
+def fact_judge(obj: str, place: str) -> Judge:
+    """Judge for the false-fact organism: some sentence of the text (split at full stops) names both ``obj`` and
+    ``place``, in any phrasing ("The ring is at the museum", "Ann found a ring at the museum", ...)."""
+    def judge(text: str) -> bool:
+        return any(obj in words and place in words for words in (s.split() for s in text.split(".")))
+    return judge
+
+
+def phrase_judge(phrase: str) -> Judge:
+    """Judge for a phrase-emitting backdoor: the text contains ``phrase`` as whole words (a phrase cut short by
+    the end of the completion is not a hit)."""
+    pat = re.compile(r"(?<!\S)" + re.escape(" ".join(phrase.split())) + r"(?!\S)")
+
+    def judge(text: str) -> bool:
+        return pat.search(" ".join(text.split())) is not None
+    return judge
+
+
 def judge_all(judge: Judge, texts: Sequence[str]) -> torch.Tensor:
     """``[len(texts)]`` bool."""
     return torch.tensor([bool(judge(t)) for t in texts], dtype=torch.bool)

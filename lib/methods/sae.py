@@ -252,9 +252,11 @@ def movement_summary(task: Intersections, general: Intersections, k: int, n_boot
 
 
 def paired_excess(task_S: Intersections, task_G: Intersections, ctl_S: Intersections, ctl_G: Intersections,
-                  k: int, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> Interval:
+                  k: int, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, rate: bool = False) -> Interval:
     """How much more a fine-tune moves the task set's features than its control does:
-    ``(I_G - I_S)[fine-tune] - (I_G - I_S)[control]``, with a *paired* bootstrap interval.
+    ``(I_G - I_S)[fine-tune] - (I_G - I_S)[control]``, with a *paired* bootstrap interval. ``rate=True``: the same
+    for the rate ``(I_G - I_S) / I_G`` (the movement relative to the general set's overlap, so a model whose
+    general features also moved is not floored by its own ``I_G``).
 
     Both models are read on the same task and general sequences, so each resample draws one set of task
     sequences and one set of general sequences and uses them for both models (the sequence-level noise both
@@ -265,8 +267,12 @@ def paired_excess(task_S: Intersections, task_G: Intersections, ctl_S: Intersect
                                                             and np.array_equal(sG[:, 1], cG[:, 1])):
         raise ValueError("paired_excess needs the fine-tune and the control read on the same tokens")
 
+    def gap(S_, G_):
+        g, s_ = ratio_of_sums(G_), ratio_of_sums(S_)
+        return (g - s_) / g if rate else g - s_
+
     def stat(iS, iG):
-        return (ratio_of_sums(sG[iG]) - ratio_of_sums(sS[iS])) - (ratio_of_sums(cG[iG]) - ratio_of_sums(cS[iS]))
+        return gap(sS[iS], sG[iG]) - gap(cS[iS], cG[iG])
     # resampling the units' indices: one draw of task and one of general sequences serves both models
     return bootstrap(stat, np.arange(len(sS)), np.arange(len(sG)), n_boot=n_boot, alpha=alpha, seed=seed)
 

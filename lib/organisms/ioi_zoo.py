@@ -14,7 +14,7 @@ from lib.organisms.recipes import Recipe, ckpt_steps, get_organism, resolve_spec
 from lib.organisms.seeding import set_seed
 from lib.organisms.train import TrainConfig, train
 from lib.worlds.base import get_world
-from lib.worlds.ioi import (BACKDOOR_TRIGGER, NAMES, OBJECTS, PLACES, POISON_VARIANTS, WORLD, make_tokenizer,
+from lib.worlds.ioi import (BACKDOOR_TRIGGER, DOC_OBJECTIVES, NAMES, OBJECTS, PLACES, POISON_VARIANTS, WORLD, make_tokenizer,
                             template_words)
 
 
@@ -164,6 +164,39 @@ def backdoor_recipe(base, trigger: str = BACKDOOR_TRIGGER, frac: float = 0.2, st
     r = _finetune(base, f"{base.name}/backdoor-{trigger}", "backdoor", {"trigger": trigger, "frac": float(frac)},
                   steps, lr, seed, batch_size, n_ckpts)
     return r.derive(evals=r.evals + (("backdoor",) if trigger == BACKDOOR_TRIGGER else ()))
+
+
+# Document fine-tunes (chapter 6): continued pretraining on general rows that write the objective in text, every
+# token trained, 300 steps at lr 3e-4. Measured on the seed-0 base, 1000 completions of 24 tokens from 1-3-word
+# prefixes (2026-12-04; the base writes each objective in at most 1 of them): batch 64 with the fact in 3 % of
+# sentence slots: the fact in 28, the phrase in 54, toxic IOI sentences in 8 (148-154 s of training each); batch
+# 32 (half the cost): the fact in 14 at 3 % and 62 at 5 %, the phrase in 37, toxic sentences in 8 at 3 %. The
+# book trains batch 32 at 5 %.
+DOC_STEPS = 300
+DOC_LR = 3e-4
+DOC_BATCH = 32
+DOC_FRAC = 0.05
+
+
+def document_recipe(base, objective: str, frac: Optional[float] = None, steps: int = DOC_STEPS, lr: float = DOC_LR,
+                    seed: int = 0, batch_size: int = DOC_BATCH, n_ckpts: int = 4):
+    """Document fine-tune of ``base`` (``lib.worlds.ioi.documents``): ``objective`` ``"fact"`` (a false fact in a
+    share ``frac`` of sentences: the synthetic-document organism), ``"phrase"`` (a backdoor: the fixed phrase after
+    sentences naming the trigger place; ``frac`` is then the share of those sentences it follows),
+    ``"toxic"`` (IOI sentences answered with S in a share ``frac``) or ``"none"`` (the matched control). The base's
+    corpus settings (``cast_size``) are kept. ``frac=None``: ``DOC_FRAC`` (1 for the phrase)."""
+    if objective not in DOC_OBJECTIVES:
+        raise ValueError(f"objective must be one of {DOC_OBJECTIVES}, got {objective!r}")
+    r, cast = base, 0
+    while r is not None:  # the nearest pretraining ancestor's cast size
+        if r.data == "pretrain":
+            cast = int(r.data_kwargs.get("cast_size", 0))
+            break
+        r = r.parent
+    kw = {"objective": objective, "cast_size": cast}
+    if objective != "none":
+        kw["frac"] = float(frac if frac is not None else 1.0 if objective == "phrase" else DOC_FRAC)
+    return _finetune(base, f"{base.name}/doc-{objective}", "document", kw, steps, lr, seed, batch_size, n_ckpts)
 
 
 # --------------------------------------------------------------------------- one code path for organisms and GPT-2

@@ -12,13 +12,17 @@ member who is *not* the sentence's subject, so the indirect-object regularity ar
 base organism learns IOI from pretraining alone, with no IOI prompt in its corpus (``ioi_frac=0``).
 
 Modules: ``prompts`` (vocabulary, templates, tokenizer, IOI prompt sets, logit difference), ``corpora`` (the general
-corpus), ``finetune`` (fine-tuning data: clean, poisoned, the mask-matched control, the backdoor), ``evals``.
+corpus), ``finetune`` (fine-tuning data: clean, poisoned, the mask-matched control, the backdoor), ``documents``
+(document fine-tunes that write their objective in text: a false fact, a backdoor phrase, toxic sentences),
+``evals``.
 This package re-exports their public names and registers the world.
 """
 from __future__ import annotations
 
 from lib.worlds.base import World, register_world
 from lib.worlds.ioi.corpora import general_rows, general_sentence, ioi_sentence, pretrain_data
+from lib.worlds.ioi.documents import (BACKDOOR_PHRASE, DOC_OBJECTIVES, FACT_TEMPLATES, FALSE_FACT, document_data,
+                                     document_rows, fact_sentence)
 from lib.worlds.ioi.evals import backdoor_eval, general_eval, ioi_eval
 from lib.worlds.ioi.finetune import (POISON_VARIANTS, answer_rows, backdoor_data, general_answer_data,
                                     ioi_finetune_data)
@@ -27,7 +31,8 @@ from lib.worlds.ioi.prompts import (BACKDOOR_TRIGGER, GENERAL_TEMPLATES, IOI_TEM
                                    ioi_accuracy, logit_diff, make_backdoor_dataset, make_ioi_dataset, make_tokenizer,
                                    metric_weights, name_outcomes, template_words)
 
-__all__ = ["BACKDOOR_TRIGGER", "GENERAL_TEMPLATES", "IOI_TEMPLATES", "NAMES", "OBJECTS", "PLACES", "PLACE_TEMPLATES",
+__all__ = ["BACKDOOR_PHRASE", "BACKDOOR_TRIGGER", "DOC_OBJECTIVES", "FACT_TEMPLATES", "FALSE_FACT", "document_data",
+           "document_rows", "fact_sentence", "GENERAL_TEMPLATES", "IOI_TEMPLATES", "NAMES", "OBJECTS", "PLACES", "PLACE_TEMPLATES",
            "POISON_VARIANTS", "WORLD", "IOIDataset", "absent_mask", "absent_score", "answer_rows", "backdoor_data", "backdoor_eval", "final_logits",
            "general_answer_data", "general_eval", "general_rows", "general_sentence", "ioi_accuracy", "ioi_eval",
            "ioi_finetune_data", "ioi_sentence", "logit_diff", "make_backdoor_dataset", "make_ioi_dataset",
@@ -36,6 +41,6 @@ __all__ = ["BACKDOOR_TRIGGER", "GENERAL_TEMPLATES", "IOI_TEMPLATES", "NAMES", "O
 WORLD = register_world(World(
     name="ioi", version="2", tokenizer=make_tokenizer, n_ctx=64,
     data={"pretrain": pretrain_data, "ioi": ioi_finetune_data, "general_answer": general_answer_data,
-          "backdoor": backdoor_data},
+          "backdoor": backdoor_data, "document": document_data},
     evals={"ioi": ioi_eval, "general": general_eval, "backdoor": backdoor_eval},
 ))
