@@ -237,15 +237,15 @@ HOLD_AT_DEFAULT = {
                            "sd_savings", "nm_savings", "nm_map_returns", "nm_base_circuit_faithful"},
     "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",
                            "pruning_beats_random", "revival_beats_scrft"},
-    "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control_all_token"},
-    "06_objective_leakage": {"controls_clean"},  # pcfg_leaks: judged on count(a) + 1 since issue 23, it fails
-    "07_audit_table": {"all_detected", "no_false_positives"},
+    "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control_rate", "above_control_all_token"},
+    "06_objective_leakage": {"sdf_leaks", "sdf_log_ratio", "sdf_other_reference", "backdoor_leaks",
+                             "backdoor_with_trigger", "toxic_doc_leaks", "controls_clean"},  # not pcfg_leaks
+    "07_audit_table": {"no_false_positives", "calibrated_all_detected"},
 }
 # ... and the findings that are undecided there (a metric undefined on the seed's models), by chapter. Chapter 7
-# calibrates its thresholds on the control organisms of the *recorded* seeds; the committed records predate
-# records naming their chapter code and are refused, so until seeds are re-recorded it has nothing to calibrate on.
-UNDECIDED_AT_DEFAULT: dict[str, set[str]] = {"02_localized_corruption": {"sd_negative_name_movers_flip"},
-                                             "07_audit_table": {"calibrated_all_detected"}}
+# calibrates its thresholds on the control organisms of the recorded seeds 1-4 (re-recorded 2026-12-04 with its
+# current code), so its calibrated findings are decided at seed 0.
+UNDECIDED_AT_DEFAULT: dict[str, set[str]] = {"02_localized_corruption": {"sd_negative_name_movers_flip"}}
 
 
 @pytest.mark.slow
