@@ -145,4 +145,5 @@ def test_calibrated_audit_pools_any_method_and_bonferroni_by_hand():
     assert out["any"]["c1"] == {0: False, 1: True, 2: True}  # out of sample: seed 1's 1 > 0, seed 2's 2 > 0
     assert out["any_bonf"]["c1"] == {0: False, 1: False, 2: True}  # only seed 2's 2 > 1
     assert out["n_methods"]["obj"] == 2 and out["n_calibration"]["obj"] == 4
+    assert type(out["n_calibration"]["obj"]) is int  # a plain int: the chapter glues it into its prose
     assert out["auc"][("c1", "circuit_diff")] == pytest.approx(15 / 18)  # obj vs both controls' 6 values

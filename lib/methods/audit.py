@@ -345,8 +345,8 @@ def calibrated_audit(stats: dict[int, dict[str, dict[str, float]]], controls: di
         calibrated = [m for m in methods
                       if any(np.isfinite(stats[s][c][m]) for s in seeds for c in pools[case])]
         out["n_methods"][case] = len(calibrated)
-        out["n_calibration"][case] = min(sum(np.isfinite(stats[t][c][m]) for t in seeds if t != s
-                                             for c in pools[case]) for s in seeds for m in calibrated) \
+        out["n_calibration"][case] = int(min(sum(bool(np.isfinite(stats[t][c][m])) for t in seeds if t != s
+                                                 for c in pools[case]) for s in seeds for m in calibrated)) \
             if calibrated else 0
         for m in calibrated:
             pool = {s: [stats[s][c][m] for c in pools[case]] for s in seeds}
