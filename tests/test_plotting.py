@@ -62,7 +62,8 @@ def test_savefig_records_width_and_smallest_font(tmp_path):
     ax.legend(fontsize=8)
     path = plotting.savefig(fig, tmp_path / "out", "curve")
     info = plotting.png_font_info(path)
-    assert info["smallest_font_pt"] == 8
+    assert info["smallest_font_pt"] == plotting.MIN_FONT  # the 8-pt legend was raised to the house style's floor
+    assert plotting.smallest_font(fig) == plotting.MIN_FONT
     assert info["width_in"] == pytest.approx(plotting.saved_width(fig), abs=1e-3)
     from PIL import Image
 

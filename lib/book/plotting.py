@@ -76,9 +76,16 @@ def rendered_font(fig, width: float = PAGE_WIDTH) -> float:
 def savefig(fig, out_dir: str | os.PathLike, name: str) -> Path:
     """Save ``fig`` as ``<out_dir>/<name>.png`` and return the path (the notebook still displays it inline).
 
-    The PNG carries two text entries that the browser test reads to check the figure's fonts at the size the page
-    shows it: ``ftm:width_in`` (the saved width, inches) and ``ftm:smallest_font_pt`` (``smallest_font``; both
-    left out of a figure without text)."""
+    Every visible text smaller than ``MIN_FONT`` is raised to it first (the house style's floor: a chapter that asks
+    for 8-pt cell labels still prints them readable; the figure shown inline afterwards is the same object). The PNG
+    carries two text entries that the browser test reads to check the figure's fonts at the size the page shows it:
+    ``ftm:width_in`` (the saved width, inches) and ``ftm:smallest_font_pt`` (``smallest_font``; both left out of a
+    figure without text)."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT:
+            t.set_fontsize(MIN_FONT)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
