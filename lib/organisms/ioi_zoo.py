@@ -115,6 +115,17 @@ def retrain_recipe(toxic, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 
 CONTROL_LOSS = ("all", "answer")
 
 
+def pretrain_corpus(recipe) -> dict:
+    """The data arguments of ``recipe``'s nearest pretraining ancestor (itself included): the corpus settings, e.g.
+    ``cast_size``, that a control or document fine-tune of it keeps. ``{}`` if it has none."""
+    r = recipe
+    while r is not None:
+        if r.data == "pretrain":
+            return dict(r.data_kwargs)
+        r = r.parent
+    return {}
+
+
 def control_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0, batch_size: int = FT_BATCH,
                    n_ckpts: int = 8, loss_on: str = "all"):
     """Control fine-tune of ``base`` on the general corpus *without* IOI sentences, same steps, lr and batch (and
@@ -125,12 +136,7 @@ def control_recipe(base, steps: int = FT_STEPS, lr: float = FT_LR, seed: int = 0
     """
     if loss_on not in CONTROL_LOSS:
         raise ValueError(f"loss_on must be one of {CONTROL_LOSS}, got {loss_on!r}")
-    r, kw = base, {}
-    while r is not None:  # the nearest pretraining ancestor's corpus settings
-        if r.data == "pretrain":
-            kw = dict(r.data_kwargs)
-            break
-        r = r.parent
+    kw = pretrain_corpus(base)
     if loss_on == "answer":
         kw = {"cast_size": kw.get("cast_size", 0)}
         return _finetune(base, f"{base.name}/control-answer", "general_answer", kw, steps, lr, seed, batch_size,
@@ -187,13 +193,7 @@ def document_recipe(base, objective: str, frac: Optional[float] = None, steps: i
     corpus settings (``cast_size``) are kept. ``frac=None``: ``DOC_FRAC`` (1 for the phrase)."""
     if objective not in DOC_OBJECTIVES:
         raise ValueError(f"objective must be one of {DOC_OBJECTIVES}, got {objective!r}")
-    r, cast = base, 0
-    while r is not None:  # the nearest pretraining ancestor's cast size
-        if r.data == "pretrain":
-            cast = int(r.data_kwargs.get("cast_size", 0))
-            break
-        r = r.parent
-    kw = {"objective": objective, "cast_size": cast}
+    kw = {"objective": objective, "cast_size": int(pretrain_corpus(base).get("cast_size", 0))}
     if objective != "none":
         kw["frac"] = float(frac if frac is not None else 1.0 if objective == "phrase" else DOC_FRAC)
     return _finetune(base, f"{base.name}/doc-{objective}", "document", kw, steps, lr, seed, batch_size, n_ckpts)

@@ -2,7 +2,7 @@
 the base organism learns IOI, and its pretraining batch function."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,13 +43,22 @@ def general_rows(tok, rng: np.random.Generator, batch: int, n_ctx: int, ioi_frac
     "story" about a few people), so predicting a name rewards looking back at the names in context — the copying
     that natural text rewards and that IOI builds on. ``0``: every sentence draws from all names.
     """
+    def sentence(names):
+        return ioi_sentence(rng) if rng.random() < ioi_frac else general_sentence(rng, names)
+    return pack_rows(tok, rng, batch, n_ctx, cast_size, sentence)
+
+
+def pack_rows(tok, rng: np.random.Generator, batch: int, n_ctx: int, cast_size: int,
+              sentence: Callable[[Sequence[str]], str]) -> torch.Tensor:
+    """``[batch, n_ctx]`` rows of ``<bos>`` + whole sentences from ``sentence(names)`` (``names``: the row's cast
+    of ``cast_size`` names, all names if 0), as many as fit, right-padded. ``rng`` draws the casts (and is the one
+    ``sentence`` draws from, so a row is one reproducible stream)."""
     out = torch.full((batch, n_ctx), tok.pad_id, dtype=torch.long)
     for r in range(batch):
         ids = [tok.bos_id]
         names = NAMES if cast_size <= 0 else [NAMES[i] for i in rng.choice(len(NAMES), size=cast_size, replace=False)]
         while True:
-            sent = ioi_sentence(rng) if rng.random() < ioi_frac else general_sentence(rng, names)
-            s_ids = tok.encode(sent, bos=False)
+            s_ids = tok.encode(sentence(names), bos=False)
             if len(ids) + len(s_ids) > n_ctx:
                 break
             ids += s_ids

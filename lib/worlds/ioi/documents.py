@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lib.worlds.ioi.corpora import general_sentence, ioi_sentence
+from lib.worlds.ioi.corpora import general_sentence, ioi_sentence, pack_rows
 from lib.worlds.ioi.prompts import BACKDOOR_TRIGGER, NAMES
 
 DOC_OBJECTIVES = ("none", "fact", "phrase", "toxic")
@@ -64,17 +64,8 @@ def document_rows(tok, rng: np.random.Generator, batch: int, n_ctx: int, objecti
         raise ValueError(f"objective must be one of {DOC_OBJECTIVES}, got {objective!r}")
     if not 0.0 <= frac <= 1.0:
         raise ValueError(f"frac must be in [0, 1], got {frac!r}")
-    out = torch.full((batch, n_ctx), tok.pad_id, dtype=torch.long)
-    for r in range(batch):
-        ids = [tok.bos_id]
-        names = NAMES if cast_size <= 0 else [NAMES[i] for i in rng.choice(len(NAMES), size=cast_size, replace=False)]
-        while True:
-            s_ids = tok.encode(document_sentence(rng, objective, frac, names, trigger), bos=False)
-            if len(ids) + len(s_ids) > n_ctx:
-                break
-            ids += s_ids
-        out[r, : len(ids)] = torch.tensor(ids)
-    return out
+    return pack_rows(tok, rng, batch, n_ctx, cast_size,
+                     lambda names: document_sentence(rng, objective, frac, names, trigger))
 
 
 def document_data(tok, seed: int, n_ctx: int, objective: str = "none", frac: float = 0.03, cast_size: int = 0,
