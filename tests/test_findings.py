@@ -235,8 +235,8 @@ HOLD_AT_DEFAULT = {
                                 "sd_name_movers_flip"},
     "03_neuroplasticity": {"sd_behaviour_recovers", "nm_behaviour_recovers", "sd_ld_restored", "nm_ld_restored",
                            "sd_savings", "nm_savings", "nm_map_returns", "nm_base_circuit_faithful"},
-    "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "capability_hidden", "probe_reads",
-                           "pruning_beats_random", "revival_beats_scrft"},
+    "04_wrapper_revival": {"capability_pretrained", "wrapper_learned", "pruning_restores", "pruning_beats_random",
+                           "revival_beats_scrft", "revival_beats_scratch"},  # the O' regime (issue 23)
     "05_feature_movement": {"task_below_general", "ci_above_zero", "above_control_rate", "above_control_all_token"},
     "06_objective_leakage": {"sdf_leaks", "sdf_log_ratio", "sdf_other_reference", "backdoor_leaks",
                              "backdoor_with_trigger", "toxic_doc_leaks", "controls_clean"},  # not pcfg_leaks

@@ -187,12 +187,12 @@ def test_a_default_pushed_out_by_another_parameter_is_refused():
         validate_params("05_feature_movement", {"N_LAYERS": 2, "LAYER": 1, "GRID_LAYERS": [0, 1, 2]})
     with pytest.raises(ParameterError, match=r"K = 4 is not one of KS = \[1, 2, 3, 5, 8, 12, 16\]"):
         validate_params("05_feature_movement", {"K": 4})
-    with pytest.raises(ParameterError, match=r"MAIN_LR = 0.0001 \(its default\) is not one of LRS = \[1e-05\]"):
+    with pytest.raises(ParameterError, match=r"MAIN_LR = 0.0003 \(its default\) is not one of LRS = \[1e-05\]"):
         validate_params("04_wrapper_revival", {"LRS": [1e-5]})
 
 
 def test_list_elements_are_typed():
-    assert validate_params("04_wrapper_revival", {"LRS": "[1e-4, 1]"}) == {"LRS": [0.0001, 1.0]}
+    assert validate_params("04_wrapper_revival", {"LRS": "[3e-4, 1]"}) == {"LRS": [0.0003, 1.0]}
     with pytest.raises(ParameterError, match=r"parameter KS\[1\] expects int"):
         validate_params("05_feature_movement", {"KS": [1, 2.5]})
 

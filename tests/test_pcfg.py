@@ -189,18 +189,57 @@ def test_finetune_runs_end_to_end(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_default_scale_findings(default_results):
-    """The chapter's findings at default parameters (low prior, lr 1e-4, C_Tr = 1): the model learns the
-    `count(a) + 1` shortcut, loses count `a`, and reverse fine-tuning revives count `a` faster than the
-    Scr.+FT baseline (which must at least not be faster)."""
+    """What issue 23 asked of chapter 4 at default parameters, whatever its findings say: the O' regime, pruning
+    judged at η_S on a fine-tune whose shortcut was tested, every revival method at every lr of its grid, and a
+    from-scratch baseline that is not solved within the first evaluations (the old setting's ~150 iterations)."""
     r = default_results("04_wrapper_revival")
-    assert r["pt_acc_a"] > 0.95
-    assert r["ft_main_acc_b_cte1"] > 0.9 and r["ft_main_acc_b_cte0"] < 0.1 and r["ft_main_says_a1"] > 0.7
-    assert r["ft_main_acc_a"] < 0.3
-    assert r["probe_pt_last"] > 0.8
-    assert r["reft_steps"] is not None
-    assert r["scrft_steps"] is None or r["scrft_steps"] > r["reft_steps"]
-    # pruning moves count-a accuracy up (how far is the chapter's reported number, not asserted here)
-    assert r["prune_k15_acc_a"] > r["ft_main_acc_a"]
+    assert r["last"] == "random" and r["pt_lr"] == 1e-3
+    assert r["small_lr"] < r["main_lr"] and isinstance(r["shortcut_small"], bool)
+    assert (r["prune_small_k15_share"] is None) == (not r["shortcut_small"] or r["prune_small_gap"] < r["gap_floor"])
+    grid = {(g["method"], g["lr"]) for g in r["revival_grid"]}
+    assert grid == ({(m, lr) for m in ("reFT (low prior)", "Scr.+FT (pretrained on b)") for lr in r["revival_lrs"]}
+                    | {("Scr. (from scratch)", lr) for lr in r["scratch_lrs"]})
+    assert r["scratch_steps"] is None or r["scratch_steps"] > 200
+    assert 0.5 < r["reft_target_acc"] < r["pt_acc_a"]
+
+
+def test_counting_within_the_last_k_tokens_in_eval_sets_and_recipes(tok):
+    """``last="random"`` reaches the held-out sets, the pruning loss and every recipe of the chain; ``"all"``
+    leaves the sets and the cache keys of the first setting as they were."""
+    old = pcfg.count_examples(tok, 32, 2024, "a", 0.0, 16)
+    assert torch.equal(pcfg.eval_sets(tok, 32, max_len=16)["a"].tokens, old.tokens)
+    ex = pcfg.eval_sets(tok, 64, max_len=16, last="random")["a"]
+    assert (ex.k < torch.tensor([len(t) for t in ex.texts])).any()
+    for t, k, n in zip(ex.texts, ex.k.tolist(), ex.answers.tolist()):
+        assert t[len(t) - k:].count("a") == n
+    assert list(pcfg.eval_sets(tok, 8, max_len=8, sets=("a",))) == ["a"]
+    with pytest.raises(ValueError, match="sets"):
+        pcfg.eval_sets(tok, 8, max_len=8, sets=("c",))
+    pt = pcfg_zoo.pretrain_recipe(prior="low", last="random", lr=1e-3, warmup_frac=0.2)
+    assert pt.data_kwargs["last"] == "random" and pt.eval_kwargs["last"] == "random" and pt.train.warmup_frac == 0.2
+    assert "last" not in pcfg_zoo.pretrain_recipe(prior="low").data_kwargs
+    assert pt.key() != pcfg_zoo.pretrain_recipe(prior="low", lr=1e-3, warmup_frac=0.2).key()
+    ft = pcfg_zoo.finetune_recipe(pt, lr=3e-4)
+    assert ft.data_kwargs["last"] == "random" and ft.train.stop_when is None
+    re = pcfg_zoo.reverse_recipe(ft, lr=1e-4, target=0.75)
+    assert re.train.stop_when == ("acc_a", 0.75) and re.eval_kwargs["sets"] == ["a"]
+    sc = pcfg_zoo.scratch_recipe(last="random", target=0.75)
+    assert sc.data_kwargs["last"] == "random" and sc.train.stop_when == ("acc_a", 0.75)
+    with pytest.raises(ValueError, match="last"):
+        pcfg_zoo.pretrain_recipe(last="first")
+    with pytest.raises(ValueError, match="target"):
+        pcfg_zoo.reverse_recipe(ft, target=1.5)
+
+
+def test_a_revival_run_evaluates_count_a_only_and_records_its_stop(monkeypatch, tmp_path):
+    monkeypatch.setenv("FTM_CACHE_DIR", str(tmp_path))
+    from lib.organisms.recipes import get_organism
+
+    pt = pcfg_zoo.pretrain_recipe(steps=4, n_layers=1, d_model=32, max_len=8, batch_size=8, eval_every=2,
+                                  last="random")
+    org = get_organism(pcfg_zoo.reverse_recipe(pt, lr=1e-3, steps=6, eval_every=2, target=1.0), progress=False)
+    assert org.history["stopped_at"] is None and [e["step"] for e in org.history["evals"]] == [0, 2, 4, 6]
+    assert all(set(e) == {"step", "acc_a"} for e in org.history["evals"])  # a revival run evaluates count a only
 
 
 def test_probe_chance_is_the_majority_share_of_the_labels_the_probe_is_tested_on(monkeypatch):
@@ -217,3 +256,10 @@ def test_probe_chance_is_the_majority_share_of_the_labels_the_probe_is_tested_on
     majority = max(np.sum(y == v) for v in np.unique(y)) / len(y)
     assert probing.probe_chance(tok, prompt_operand="b", target="a", n_test=64, max_len=12) == majority
     assert 0 < majority < 1  # the test set has more than one count, so chance is not trivially 1
+    # within the last K tokens (the paper's O'), the probe's labels and its chance level follow the counted region
+    probing.probe_count_by_block(None, tok, prompt_operand="a", target="a", n_train=8, n_test=64, max_len=12,
+                                 last="random")
+    te = pcfg.count_examples(tok, 64, 31 + 1, "a", 0.0, 12, last="random")
+    assert np.array_equal(seen["te_y"], np.asarray(te.counts["a"]))
+    y = seen["te_y"]
+    assert probing.probe_chance(tok, n_test=64, max_len=12, last="random") == max(np.sum(y == v) for v in np.unique(y)) / len(y)

@@ -81,3 +81,48 @@ def test_provenance_names_the_cpu_kernels_that_trained_the_numbers():
     prov = provenance({"SEED": 3})
     assert prov["seed"] == 3 and prov["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
     assert prov["cpu"]["machine"]
+
+
+def test_early_stop_ends_at_the_first_eval_that_meets_the_threshold_and_changes_no_step_before_it():
+    """``stop_when``: a run that stops early has the same losses, evals and weights up to its stop as the full
+    run, and stops at the first eval whose metric reaches the threshold."""
+    def run(stop_when):
+        m = build_model(ModelSpec(n_layers=1, d_model=32, n_heads=2, d_mlp=64, n_ctx=16, d_vocab=20, seed=1))
+        ev = lambda mm: {"acc": _accuracy(mm)}  # noqa: E731
+        cfg = TrainConfig(steps=120, batch_size=16, lr=3e-3, log_every=10, eval_every=20, stop_when=stop_when)
+        return m, train(m, _copy_task, cfg, eval_fn=ev, on_checkpoint=lambda s, mm: seen.append(s))
+
+    seen: list[int] = []
+    _, full = run(None)
+    accs = [e["acc"] for e in full["evals"]]
+    threshold = sorted(accs)[len(accs) // 2]  # met somewhere in the middle of the run
+    first = next(e["step"] for e in full["evals"] if e["acc"] >= threshold)
+    assert 0 < first < 120
+    seen.clear()
+    _, early = run(("acc", threshold))
+    assert early["stopped_at"] == first and seen == [first]
+    assert early["evals"] == full["evals"][: len(early["evals"])] and early["evals"][-1]["step"] == first
+    assert early["loss"] == full["loss"][: len(early["loss"])] and early["step"][-1] == first
+    assert "stopped_at" not in full  # a run without stop_when keeps its history's keys
+    _, never = run(("acc", 2.0))
+    assert never["stopped_at"] is None and never["evals"] == full["evals"]
+
+
+def _accuracy(model) -> float:
+    toks, mask = _copy_task(999, 64)
+    with torch.no_grad():
+        pred = model(toks)[:, :-1].argmax(-1)
+    return (pred == toks[:, 1:])[mask[:, 1:]].float().mean().item()
+
+
+def test_early_stop_settings_are_checked_and_absent_from_the_identity_unless_set():
+    assert "stop_when" not in TrainConfig().to_dict()  # every recipe without it keeps its cache key
+    assert TrainConfig(eval_every=10, stop_when=("acc_a", 0.8)).to_dict()["stop_when"] == ["acc_a", 0.8]
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(stop_when=("acc_a", 0.8))
+    with pytest.raises(ValueError, match="stop_when"):
+        TrainConfig(eval_every=10, stop_when=("acc_a",))
+    m = build_model(ModelSpec(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, d_vocab=20))
+    with pytest.raises(KeyError, match="acc_b"):
+        train(m, _copy_task, TrainConfig(steps=4, batch_size=4, eval_every=2, stop_when=("acc_b", 0.5)),
+              eval_fn=lambda mm: {"acc": 0.0})

@@ -581,7 +581,9 @@ def ioi_recipes(base_steps: int = 1000, d_model: int = 128, n_layers: int = 4, f
 def pcfg_recipes(pt_steps: int = 2000, ft_steps: int = 400, prior: str = "low", lr: float = 1e-4,
                  c_tr: float = 1.0, max_len: int = 24, d_model: int = 64, n_layers: int = 2,
                  seed: int = 0) -> dict[str, Any]:
-    """The PCFG world's organisms as chapter 4 builds its main ones (same arguments, so same cache keys):
+    """The PCFG world's organisms of chapter 4's first setting (counting over the whole window, pretraining at lr
+    3e-3; chapter 4 itself now counts within the last K tokens, ``pcfg_zoo`` ``last="random"``), which chapters 5-7
+    audit:
     ``base`` (pretrained on counting/indexing with operand prior ``prior``), ``ft`` (fine-tuned to count ``b``
     at ``lr`` with a fraction ``c_tr`` of spuriously correlated rows) and ``control`` (fine-tuned the same way on
     counting ``a``, a task the base already does, uncorrelated)."""

@@ -88,23 +88,25 @@ def probe_accuracy_by_block(model, train_tokens: torch.Tensor, train_pos: torch.
 
 def probe_count_by_block(model, tok: WordTokenizer, prompt_operand: str = "a", target: str = "a",
                          n_train: int = 1024, n_test: int = 512, max_len: int = 24, seed: int = 31,
-                         steps: int = 500) -> list[float]:
+                         steps: int = 500, last: str = "all") -> list[float]:
     """Held-out accuracy of a linear probe per block boundary (B0 = embeddings … B{n_layers}) decoding
     ``count(target)`` from the residual stream at the ``<art>`` position (the one that predicts the answer), on
-    natural count prompts whose operand is ``prompt_operand``. Fresh data, disjoint seeds for train and test."""
-    tr = count_examples(tok, n_train, seed, prompt_operand, 0.0, max_len)
-    te = _probe_test_set(tok, n_test, prompt_operand, max_len, seed)
+    natural count prompts whose operand is ``prompt_operand``. Fresh data, disjoint seeds for train and test.
+    ``last`` as in ``lib.worlds.pcfg.make_examples``: the count over the whole window or its last ``K`` tokens."""
+    tr = count_examples(tok, n_train, seed, prompt_operand, 0.0, max_len, last=last)
+    te = _probe_test_set(tok, n_test, prompt_operand, max_len, seed, last)
     return probe_accuracy_by_block(model, tr.tokens, tr.ans_pos - 1, tr.counts[target], te.tokens, te.ans_pos - 1,
                                    te.counts[target], n_classes=max_len + 1, steps=steps)
 
 
-def _probe_test_set(tok: WordTokenizer, n_test: int, prompt_operand: str, max_len: int, seed: int) -> Examples:
-    return count_examples(tok, n_test, seed + 1, prompt_operand, 0.0, max_len)
+def _probe_test_set(tok: WordTokenizer, n_test: int, prompt_operand: str, max_len: int, seed: int,
+                    last: str = "all") -> Examples:
+    return count_examples(tok, n_test, seed + 1, prompt_operand, 0.0, max_len, last=last)
 
 
 def probe_chance(tok: WordTokenizer, prompt_operand: str = "a", target: str = "a", n_test: int = 512,
-                 max_len: int = 24, seed: int = 31) -> float:
+                 max_len: int = 24, seed: int = 31, last: str = "all") -> float:
     """The accuracy ``probe_count_by_block`` (same arguments) would score by always answering the most frequent
     ``count(target)`` of its test set: the chance level of that probe."""
-    counts = np.asarray(_probe_test_set(tok, n_test, prompt_operand, max_len, seed).counts[target])
+    counts = np.asarray(_probe_test_set(tok, n_test, prompt_operand, max_len, seed, last).counts[target])
     return float(np.bincount(counts).max() / len(counts))

@@ -35,6 +35,7 @@ class TrainConfig:
     eval_every: int = 0
     ckpt_every: int = 0
     log_every: int = 10
+    stop_when: Optional[tuple[str, float]] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -45,10 +46,20 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.warmup_frac < 1:
             raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+        if self.stop_when is not None:
+            if (len(self.stop_when) != 2 or not isinstance(self.stop_when[0], str)
+                    or not isinstance(self.stop_when[1], (int, float))):
+                raise ValueError(f"TrainConfig.stop_when must be (eval metric, threshold), got {self.stop_when!r}")
+            if not self.eval_every:
+                raise ValueError("TrainConfig.stop_when needs eval_every > 0 (it is checked at evals)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        if self.stop_when is None:
+            del d["stop_when"]  # absent unless set: the identities (cache keys) of every other recipe are unchanged
+        else:
+            d["stop_when"] = [self.stop_when[0], float(self.stop_when[1])]
         return d
 
     def lr_at(self, step: int) -> float:
@@ -91,20 +102,30 @@ def train(model: torch.nn.Module, batch_fn: BatchFn, cfg: TrainConfig, *, eval_f
     hist: dict[str, Any] = {"step": [], "loss": [], "lr": [], "evals": []}
     t0 = time.time()
 
-    def run_eval(step: int) -> None:
+    def run_eval(step: int) -> bool:
+        """Evaluate; True when ``cfg.stop_when`` is met."""
         if eval_fn is None:
-            return
+            return False
         model.eval()
         with torch.no_grad():
             hist["evals"].append({"step": step, **{k: float(v) for k, v in eval_fn(model).items()}})
         model.train()
+        if cfg.stop_when is None:
+            return False
+        metric, threshold = cfg.stop_when
+        if metric not in hist["evals"][-1]:
+            raise KeyError(f"TrainConfig.stop_when names {metric!r}, not among the evals {sorted(hist['evals'][-1])}")
+        return hist["evals"][-1][metric] >= threshold
 
-    run_eval(0)
+    if cfg.stop_when is not None and eval_fn is None:
+        raise ValueError("TrainConfig.stop_when needs an eval_fn")
+    stopped = run_eval(0)
+    stopped_at: Optional[int] = 0 if stopped else None
     model.train()
     bar = _progress(cfg.steps, desc, progress)
     running, n_running = 0.0, 0
     with torch.enable_grad():  # notebooks often disable grad globally for analysis
-        for step in range(cfg.steps):
+        for step in range(0 if stopped else cfg.steps):
             lr = cfg.lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -131,15 +152,20 @@ def train(model: torch.nn.Module, batch_fn: BatchFn, cfg: TrainConfig, *, eval_f
             if bar is not None:
                 bar.update(1)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-                run_eval(done)
+                if run_eval(done):
+                    stopped_at = done
+                    break
             if on_checkpoint is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done != cfg.steps:
                 on_checkpoint(done, model)
     if bar is not None:
         bar.close()
-    if cfg.steps:
-        run_eval(cfg.steps)
+    last = cfg.steps if stopped_at is None else stopped_at
+    if cfg.steps and stopped_at is None and run_eval(cfg.steps):
+        stopped_at = cfg.steps
+    if cfg.stop_when is not None:
+        hist["stopped_at"] = stopped_at
     if on_checkpoint is not None:
-        on_checkpoint(cfg.steps, model)
+        on_checkpoint(last, model)
     model.eval()
     hist["wall_time_s"] = round(time.time() - t0, 2)
     return hist

@@ -303,16 +303,21 @@ def predicted_numbers(model, ex: Examples, tok: WordTokenizer) -> torch.Tensor:
     return answer_logits(model, ex)[:, ids].argmax(-1)
 
 
-def eval_sets(tok: WordTokenizer, n: int = 256, seed: int = 2024, max_len: int = 32) -> dict[str, Examples]:
-    """The fixed held-out sets: ``a`` (count a), ``b`` (count b, C_Te=0), ``b_corr`` (count b, C_Te=1)."""
-    return {"a": count_examples(tok, n, seed, "a", 0.0, max_len),
-            "b": count_examples(tok, n, seed + 1, "b", 0.0, max_len),
-            "b_corr": count_examples(tok, n, seed + 2, "b", 1.0, max_len)}
+def eval_sets(tok: WordTokenizer, n: int = 256, seed: int = 2024, max_len: int = 32, last: str = "all",
+              sets: Sequence[str] = ("a", "b", "b_corr")) -> dict[str, Examples]:
+    """The fixed held-out sets: ``a`` (count a), ``b`` (count b, C_Te=0), ``b_corr`` (count b, C_Te=1), counted
+    over the whole window (``last="all"``) or the last ``K`` tokens (``"random"``, the paper's O'); ``sets``
+    picks some of them (a training run that only needs count a evaluates faster)."""
+    spec = {"a": (0, "a", 0.0), "b": (1, "b", 0.0), "b_corr": (2, "b", 1.0)}
+    unknown = [k for k in sets if k not in spec]
+    if unknown or not sets:
+        raise ValueError(f"sets must be a non-empty subset of {sorted(spec)}, got {list(sets)!r}")
+    return {k: count_examples(tok, n, seed + spec[k][0], spec[k][1], spec[k][2], max_len, last=last) for k in sets}
 
 
 def accuracies(model, tok: WordTokenizer, sets: dict[str, Examples]) -> dict[str, float]:
     """``acc_a``, ``acc_b`` (C_Te=0), ``acc_b_corr`` (C_Te=1) and ``b_as_a_plus_1``: the fraction of C_Te=0
-    count-b prompts answered with ``count(a) + 1`` (use of the spurious shortcut)."""
+    count-b prompts answered with ``count(a) + 1`` (use of the spurious shortcut); the keys of the sets given."""
     out = {}
     with torch.no_grad():
         for name, ex in sets.items():
@@ -323,12 +328,13 @@ def accuracies(model, tok: WordTokenizer, sets: dict[str, Examples]) -> dict[str
     return out
 
 
-def counting_eval(tok, n: int = 256, seed: int = 2024, max_len: int = 32):
+def counting_eval(tok, n: int = 256, seed: int = 2024, max_len: int = 32, last: str = "all",
+                  sets: Sequence[str] = ("a", "b", "b_corr")):
     """Eval function for ``World.evals``: the accuracies of ``accuracies`` on the fixed held-out sets."""
-    sets = eval_sets(tok, n, seed, max_len)
+    held_out = eval_sets(tok, n, seed, max_len, last, sets)
 
     def eval_fn(model) -> dict[str, float]:
-        return accuracies(model, tok, sets)
+        return accuracies(model, tok, held_out)
     return eval_fn
 
 
@@ -338,9 +344,10 @@ WORLD = register_world(World(
 ))
 
 
-def count_loss_fn(tok: WordTokenizer, operand: str = "a", n: int = 512, seed: int = 99, max_len: int = 24):
+def count_loss_fn(tok: WordTokenizer, operand: str = "a", n: int = 512, seed: int = 99, max_len: int = 24,
+                  last: str = "all"):
     """``loss_fn(model) -> scalar``: answer-only cross-entropy of counting ``operand`` on ``n`` fixed natural
     windows (the pretraining-task loss that pruning, Alg. 3, scores units with)."""
-    ex = count_examples(tok, n, seed, operand, 0.0, max_len)
+    ex = count_examples(tok, n, seed, operand, 0.0, max_len, last=last)
     mask = ex.loss_mask("answer")
     return lambda model: masked_lm_loss(model(ex.tokens), ex.tokens, mask)
