@@ -2,12 +2,13 @@
 with the spurious correlation), reverse fine-tuning and the from-scratch baseline.
 
 ``last`` is the counting regime of ``lib.worlds.pcfg.make_examples``: ``"all"`` counts over the whole window
-(the book's first setting, still the one chapters 6 and 7 audit), ``"random"`` within the last ``K`` tokens, ``K``
+(the book's first setting, still the one chapters 5-7 audit), ``"random"`` within the last ``K`` tokens, ``K``
 drawn per row (the paper's O'). A recipe names ``last`` only when it is ``"random"``, so the organisms of the
 ``"all"`` setting keep their cache keys.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional, Sequence
 
 from lib.organisms.models import ModelSpec
@@ -101,6 +102,4 @@ def scratch_recipe(operand: str = "a", steps: int = 600, lr: float = 3e-3, max_l
     data, evals = _regime(max_len, last, None if target is None else ("a",))
     return base.derive(name=f"pcfg-scratch-{operand}" + ("" if last == "all" else f"-{last}"),
                        data_kwargs={"prior": list(_one_hot(operand)), "tasks": ["count"], **data},
-                       train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_frac=warmup_frac,
-                                         min_lr_frac=0.01, eval_every=eval_every, ckpt_every=0,
-                                         stop_when=_stop(target)), eval_kwargs=evals)
+                       train=replace(base.train, stop_when=_stop(target)), eval_kwargs=evals)
