@@ -22,15 +22,17 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(PY) -m lib build
 
+# One pytest worker per core (pytest-xdist; an idle worker takes tests queued on a busy one). The workers split the
+# chapters' smoke runs and share them, and the small book of tests/test_browser.py is built once (tests/conftest.py).
 test: $(STAMP) chromium
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n auto --dist worksteal
 
 # The findings at default scale (reuses _build/results from `make book` when present).
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 test-all: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_training.py

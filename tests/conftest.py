@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test`: one worker per core) each worker, and every notebook kernel it starts (they
+# inherit OMP_NUM_THREADS), gets one thread, so that workers do not oversubscribe the cores. The workers share the
+# chapters' smoke runs (``smoke_run`` below).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
@@ -38,26 +43,121 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def _session_dir(tmp_path_factory) -> Path:
+    """A folder of this test session that every pytest-xdist worker sees (each worker's own temporary folder lies
+    in the session's); without xdist, the session's temporary folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory):
+    """``build_once(name, make) -> path``: ``make(path)`` fills the folder ``path`` once per test session, whichever
+    pytest-xdist worker asks first (a file lock); later callers, in any worker, wait for it and get the same folder.
+    If ``make`` raised, every caller gets its error."""
+    import fcntl
+
+    def once(name: str, make) -> Path:
+        dest = _session_dir(tmp_path_factory) / name
+        with open(f"{dest}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                failed = Path(f"{dest}.failed")
+                if failed.exists():
+                    raise RuntimeError(f"building {name} failed in this session: {failed.read_text()}")
+                if not Path(f"{dest}.done").exists():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    try:
+                        make(dest)
+                    except Exception as e:
+                        failed.write_text(f"{type(e).__name__}: {e}")
+                        raise
+                    Path(f"{dest}.done").write_text("")
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return dest
+    return once
+
+
 @pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory) -> Path:
-    """One artifact cache shared by all notebook smoke runs of a session (chapters share organisms)."""
-    root = tmp_path_factory.mktemp("smoke_cache")
+    """One artifact cache shared by all notebook smoke runs of a session, in every worker (chapters share
+    organisms; the cache's per-organism locks keep two workers from training the same one)."""
+    root = _session_dir(tmp_path_factory) / "smoke_cache"
+    root.mkdir(exist_ok=True)
     return root
 
 
+def _smoke_stems(session) -> list[str]:
+    """The chapters whose smoke runs the selected tests need, in ``_toc.yml`` order: a test's ``stem`` parameter,
+    else its module's ``SMOKE_STEMS`` (default: every chapter)."""
+    from lib.book import runner
+
+    chapters, wanted = runner.chapters(), set()
+    for item in session.items:
+        if "smoke_run" not in getattr(item, "fixturenames", ()):
+            continue
+        stem = getattr(getattr(item, "callspec", None), "params", {}).get("stem")
+        wanted.update([stem] if stem in chapters else getattr(item.module, "SMOKE_STEMS", chapters))
+    return [s for s in chapters if s in wanted]
+
+
 @pytest.fixture(scope="session")
-def smoke_run(smoke_cache, tmp_path_factory):
+def smoke_run(smoke_cache, tmp_path_factory, request):
     """``smoke_run(stem) -> (results, out_dir)``: chapter ``stem`` executed once per session with its
-    ``ftm.smoke`` parameters; every test file shares these runs and one organism cache."""
+    ``ftm.smoke`` parameters; every test file, and every pytest-xdist worker, shares these runs and one organism
+    cache. A chapter is run by the first worker to need it (a file lock per chapter); a worker that needs a
+    chapter another is running meanwhile runs another chapter the session needs, so that the workers split the
+    runs instead of waiting on each other. A run that failed fails every test that needs it, with its error."""
+    import fcntl
+    import json
+    import time
+
     from lib.book import runner
 
     os.environ["FTM_CACHE_DIR"] = str(smoke_cache)
+    shared = _session_dir(tmp_path_factory) / "smoke_runs"
+    shared.mkdir(exist_ok=True)
     done: dict = {}
+    wanted: list[str] = []
+
+    def finished(stem: str) -> bool:
+        return (shared / f"{stem}.done").exists() or (shared / f"{stem}.failed").exists()
+
+    def try_run(stem: str) -> bool:
+        """Run ``stem`` unless another worker holds its lock (False) or it has finished (True)."""
+        with open(shared / f"{stem}.lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                if not finished(stem):
+                    try:
+                        runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], shared / stem)
+                    except BaseException as e:
+                        (shared / f"{stem}.failed").write_text(f"{type(e).__name__}: {e}")
+                        if not isinstance(e, Exception):
+                            raise
+                    else:
+                        (shared / f"{stem}.done").write_text("")
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
 
     def get(stem: str):
         if stem not in done:
-            out = tmp_path_factory.mktemp(stem)
-            done[stem] = (runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], out), out)
+            if not wanted:
+                wanted.extend(_smoke_stems(request.session))
+            while not finished(stem):
+                if try_run(stem):
+                    break
+                # another worker is running it: run a chapter the session needs that nobody has started
+                if not any(try_run(s) for s in wanted if s != stem and not finished(s)):
+                    time.sleep(0.5)
+            if (shared / f"{stem}.failed").exists():
+                raise RuntimeError(f"the smoke run of {stem} failed: {(shared / f'{stem}.failed').read_text()}")
+            done[stem] = (json.loads((shared / stem / "results.json").read_text()), shared / stem)
         return done[stem]
     return get
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import bench_gpu, bench_training  # noqa: E402
+from benchmarks import bench_gpu, bench_training, build_order  # noqa: E402
 from lib.organisms.device import DeviceUnavailableError  # noqa: E402
 from lib.organisms.models import ModelSpec  # noqa: E402
 
@@ -48,3 +48,13 @@ def test_loop_patching_reference_agrees_with_batched(monkeypatch):
     loop = bench_training._loop_head_out_patch(a, ds.toks, src, ld_metric(ds))
     torch.testing.assert_close(head_out_patch(a, ds.toks, src, ld_metric(ds)), loop, atol=1e-4, rtol=1e-4)
     assert loop.abs().sum() > 0
+
+
+def test_build_order_simulation_by_hand():
+    """Two workers; chapters x and y both need organism o (10 s): y waits on x's lock, then loads it (2 s)."""
+    chapters = {"x": [("org", "o"), ("cpu", 5)], "y": [("org", "o"), ("cpu", 1)], "z": [("cpu", 4)]}
+    train = {"o": 10}
+    assert build_order.simulate(["x", "y"], train_s=train, chapters=chapters) == 15  # y: 10 + 2 + 1 = 13
+    assert build_order.simulate(["x", "z", "y"], train_s=train, chapters=chapters) == 15  # z, then y: 4 -> 10 + 3
+    assert build_order.simulate(["x", "y", "z"], train_s=train, chapters=chapters) == 17  # z after y (13 + 4)
+    assert build_order.simulate(["x", "y", "z"], jobs=1, train_s=train, chapters=chapters) == 15 + 2 + 1 + 4

@@ -196,6 +196,9 @@ def _selected_chapters() -> list[str]:
     return [s for s in stems if s in picked]
 
 
+SMOKE_STEMS = _selected_chapters()  # the smoke runs this module needs (conftest smoke_run)
+
+
 def _filter_toc(node, keep: set[str]):
     """``_toc.yml`` without the chapter entries not in ``keep`` (and without parts left empty)."""
     if isinstance(node, list):
@@ -238,7 +241,7 @@ def build_small_book(root: Path, stems: list[str], executed: dict[str, Path]) ->
 
 
 @pytest.fixture(scope="module")
-def book_html(chromium, smoke_run, tmp_path_factory) -> tuple[Path, list[str], dict[str, Path]]:
+def book_html(chromium, smoke_run, build_once) -> tuple[Path, list[str], dict[str, Path]]:
     """``(html, stems, run_dirs)``: the built site, its chapters, and the folder each chapter ran in (its figures)."""
     if os.environ.get("FTM_BOOK_HTML"):
         html = Path(os.environ["FTM_BOOK_HTML"]).resolve()
@@ -250,7 +253,8 @@ def book_html(chromium, smoke_run, tmp_path_factory) -> tuple[Path, list[str], d
     for stem in stems:
         _, out = smoke_run(stem)
         executed[stem] = out / f"{stem}.ipynb"
-    html = build_small_book(tmp_path_factory.mktemp("book"), stems, executed)
+    root = build_once("small_book", lambda d: build_small_book(d, stems, executed))  # once for all workers
+    html = root / "_build" / "html"
     return html, stems, {s: p.parent for s, p in executed.items()}
 
 

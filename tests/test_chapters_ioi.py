@@ -15,6 +15,7 @@ from lib.book import runner
 
 pytestmark = pytest.mark.notebooks
 STEMS = ("01_amplification", "02_localized_corruption", "03_neuroplasticity")
+SMOKE_STEMS = STEMS  # the smoke runs this module needs (conftest smoke_run)
 
 
 @pytest.fixture

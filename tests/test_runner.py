@@ -84,4 +84,15 @@ def test_parallel_build_runs_chapters_in_spawned_workers_with_their_thread_share
     assert len({r["pid"] for r in got.values()}) <= 2 and all(r["pid"] != os.getpid() for r in got.values())
     order = build_order(runner.chapters())
     assert sorted(order) == sorted(runner.chapters())
-    assert order[0] == "04_wrapper_revival"  # ftm.build_first: its own world, started beside chapter 0
+    assert order[:2] == ["04_wrapper_revival", "00_model_organisms"]  # ftm.build_rank: its own world; the IOI base
+
+
+def test_build_order_follows_build_rank_then_toc(monkeypatch):
+    from lib.book import cli
+
+    meta = {"a": {"build_rank": 2}, "b": {}, "c": {"build_rank": 0}, "d": {}, "e": {"build_rank": 2}}
+    monkeypatch.setattr(cli.runner, "notebook_meta", lambda s: meta[s])
+    assert cli.build_order(list("abcde")) == ["c", "a", "e", "b", "d"]  # ties and unranked keep _toc.yml order
+    meta["b"] = {"build_rank": "1"}
+    with pytest.raises(ValueError, match="build_rank must be an int"):
+        cli.build_order(list("abcde"))
