@@ -50,32 +50,56 @@ def _session_dir(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def _make_once(dest: Path, make, wait: bool = True) -> bool:
+    """``make(dest)`` unless it has been made (or has failed) in this session: under a file lock beside ``dest``,
+    so that one pytest-xdist worker makes it and the others reuse it. ``wait=False``: return False at once if
+    another worker holds the lock. A failure is recorded in ``<dest>.failed`` (``_check_made`` raises it)."""
+    import fcntl
+
+    with open(f"{dest}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            if not _made(dest):
+                try:
+                    make(dest)
+                except BaseException as e:
+                    Path(f"{dest}.failed").write_text(f"{type(e).__name__}: {e}")
+                    if not isinstance(e, Exception) or wait:
+                        raise
+                else:
+                    Path(f"{dest}.done").write_text("")
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return True
+
+
+def _made(dest: Path) -> bool:
+    return Path(f"{dest}.done").exists() or Path(f"{dest}.failed").exists()
+
+
+def _check_made(dest: Path) -> Path:
+    failed = Path(f"{dest}.failed")
+    if failed.exists():
+        raise RuntimeError(f"making {dest.name} failed in this test session: {failed.read_text()}")
+    return dest
+
+
 @pytest.fixture(scope="session")
 def build_once(tmp_path_factory):
     """``build_once(name, make) -> path``: ``make(path)`` fills the folder ``path`` once per test session, whichever
-    pytest-xdist worker asks first (a file lock); later callers, in any worker, wait for it and get the same folder.
-    If ``make`` raised, every caller gets its error."""
-    import fcntl
-
+    pytest-xdist worker asks first; later callers, in any worker, wait for it and get the same folder. If ``make``
+    raised, every caller gets its error."""
     def once(name: str, make) -> Path:
         dest = _session_dir(tmp_path_factory) / name
-        with open(f"{dest}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                failed = Path(f"{dest}.failed")
-                if failed.exists():
-                    raise RuntimeError(f"building {name} failed in this session: {failed.read_text()}")
-                if not Path(f"{dest}.done").exists():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    try:
-                        make(dest)
-                    except Exception as e:
-                        failed.write_text(f"{type(e).__name__}: {e}")
-                        raise
-                    Path(f"{dest}.done").write_text("")
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        return dest
+
+        def fill(d: Path) -> None:
+            d.mkdir(parents=True, exist_ok=True)
+            make(d)
+        _make_once(dest, fill)
+        return _check_made(dest)
     return once
 
 
@@ -109,7 +133,6 @@ def smoke_run(smoke_cache, tmp_path_factory, request):
     cache. A chapter is run by the first worker to need it (a file lock per chapter); a worker that needs a
     chapter another is running meanwhile runs another chapter the session needs, so that the workers split the
     runs instead of waiting on each other. A run that failed fails every test that needs it, with its error."""
-    import fcntl
     import json
     import time
 
@@ -121,43 +144,23 @@ def smoke_run(smoke_cache, tmp_path_factory, request):
     done: dict = {}
     wanted: list[str] = []
 
-    def finished(stem: str) -> bool:
-        return (shared / f"{stem}.done").exists() or (shared / f"{stem}.failed").exists()
-
     def try_run(stem: str) -> bool:
-        """Run ``stem`` unless another worker holds its lock (False) or it has finished (True)."""
-        with open(shared / f"{stem}.lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            try:
-                if not finished(stem):
-                    try:
-                        runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], shared / stem)
-                    except BaseException as e:
-                        (shared / f"{stem}.failed").write_text(f"{type(e).__name__}: {e}")
-                        if not isinstance(e, Exception):
-                            raise
-                    else:
-                        (shared / f"{stem}.done").write_text("")
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        return True
+        """Run ``stem`` unless another worker is running it (False) or it has finished (True)."""
+        return _make_once(shared / stem, lambda d: runner.run_notebook(stem, runner.notebook_meta(stem)["smoke"], d),
+                          wait=False)
 
     def get(stem: str):
         if stem not in done:
             if not wanted:
                 wanted.extend(_smoke_stems(request.session))
-            while not finished(stem):
+            while not _made(shared / stem):
                 if try_run(stem):
                     break
                 # another worker is running it: run a chapter the session needs that nobody has started
-                if not any(try_run(s) for s in wanted if s != stem and not finished(s)):
+                if not any(try_run(s) for s in wanted if s != stem and not _made(shared / s)):
                     time.sleep(0.5)
-            if (shared / f"{stem}.failed").exists():
-                raise RuntimeError(f"the smoke run of {stem} failed: {(shared / f'{stem}.failed').read_text()}")
-            done[stem] = (json.loads((shared / stem / "results.json").read_text()), shared / stem)
+            out = _check_made(shared / stem)
+            done[stem] = (json.loads((out / "results.json").read_text()), out)
         return done[stem]
     return get
 
