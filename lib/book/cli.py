@@ -215,16 +215,15 @@ def downloads_markdown(stem: str, files: list[Path]) -> str:
 
 
 def build_order(stems: list[str]) -> list[str]:
-    """The order a parallel build starts chapters in: by ``ftm.build_rank`` (lower first), then those without one in
-    ``_toc.yml`` order. The ranks are set so that the chapters training the most shared organisms start early and
-    the short ones fill the end: on the measured per-organism costs of a cold build (two at a time), the order
-    4, 0, 6, 7, 3, 5, 1, 2 ends ~3.5 min sooner than ``_toc.yml`` order, since no core then waits alone at the end
-    for the longest chapter (a simulation of the organism locks, kept with the README's timings)."""
+    """The order a parallel build starts chapters in: by ``ftm.build_rank`` (lower first), then those without one, in
+    ``_toc.yml`` order (ties too). The ranks start the chapters that train the most shared organisms early and let
+    the short ones fill the end, so that no core waits alone for the longest chapter; ``benchmarks/build_order.py``
+    simulates a cold build's organism locks to compare orders (the README's Timings give the measured gain)."""
     rank = {s: runner.notebook_meta(s).get("build_rank") for s in stems}
     bad = {s: r for s, r in rank.items() if r is not None and (not isinstance(r, int) or isinstance(r, bool))}
     if bad:
         raise ValueError(f"ftm.build_rank must be an int: {bad}")
-    return sorted(stems, key=lambda s: (rank[s] is None, rank[s] if rank[s] is not None else 0, stems.index(s)))
+    return sorted(stems, key=lambda s: (rank[s] is None, rank[s] or 0))  # sorted is stable: _toc.yml order kept
 
 
 def run_parallel(stems: list[str], outs: dict[str, str], jobs: int, threads: int, on_done,
