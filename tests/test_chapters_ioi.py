@@ -148,9 +148,9 @@ def test_gpt2_code_path_on_random_gpt2_architecture(stem, tmp_path, monkeypatch)
     """MODEL="gpt2" runs the same chapter code on a GPT-2-architecture bridge (random weights, 2 layers, the IOI
     word vocabulary; offline): fine-tuning in process, circuit discovery, CMAP."""
     monkeypatch.setenv("FTM_CACHE_DIR", str(tmp_path / "cache"))
-    # one fine-tuning step: every checkpoint of a run is a full circuit analysis of a GPT-2-wide model, and the
-    # code path, not the training, is under test
-    params = dict(MODEL="gpt2", RANDOM_INIT=True, FT_STEPS=1, N_PROMPTS=8)
+    # one fine-tuning step and 4 prompts: every checkpoint of a run is a full circuit analysis of a GPT-2-wide model
+    # (its forward passes cost in proportion to the prompts), and the code path, not the numbers, is under test
+    params = dict(MODEL="gpt2", RANDOM_INIT=True, FT_STEPS=1, N_PROMPTS=4)
     if stem == "01_amplification":
         params["LONG_FACTOR"] = 2
     if stem == "03_neuroplasticity":
