@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import bench_gpu, bench_training, build_order  # noqa: E402
+from benchmarks import bench_gpu, bench_training, build_costs, build_order  # noqa: E402
 from lib.organisms.device import DeviceUnavailableError  # noqa: E402
 from lib.organisms.models import ModelSpec  # noqa: E402
 
@@ -58,3 +58,32 @@ def test_build_order_simulation_by_hand():
     assert build_order.simulate(["x", "z", "y"], train_s=train, chapters=chapters) == 15  # z, then y: 4 -> 10 + 3
     assert build_order.simulate(["x", "y", "z"], train_s=train, chapters=chapters) == 17  # z after y (13 + 4)
     assert build_order.simulate(["x", "y", "z"], jobs=1, train_s=train, chapters=chapters) == 15 + 2 + 1 + 4
+
+
+def test_build_costs_ledger_by_hand(tmp_path, capsys):
+    """Organisms p (10 s) -> c (3 s, a fine-tune of p) and q (5 s); chapter x loads c, chapter y loads p and q: p is
+    needed by both (c cannot be trained without it), c by x alone, q by y alone."""
+    import json
+
+    from lib.organisms.cache import content_key
+
+    ident = {"p": {"name": "p", "train": {"steps": 4, "batch_size": 2}}, "q": {"name": "q"}}
+    ident["c"] = {"name": "c", "parent": ident["p"]}
+    keys = {n: content_key(i) for n, i in ident.items()}
+    for n, i in ident.items():
+        (tmp_path / "cache" / keys[n]).mkdir(parents=True)
+        (tmp_path / "cache" / keys[n] / "manifest.json").write_text(json.dumps(
+            {"identity": i, "name": n, "train_wall_time_s": {"p": 10, "c": 3, "q": 5}[n], "n_params": 7}))
+    for chapter, loaded in (("x", ["c"]), ("y", ["p", "q"])):
+        (tmp_path / "results" / chapter).mkdir(parents=True)
+        (tmp_path / "results" / chapter / "results.json").write_text(json.dumps(
+            {"provenance": {"organisms": {keys[n]: n for n in loaded}}}))
+    (tmp_path / "timings.json").write_text(json.dumps({"x": 20.0, "y": 30.0, "_wall_s": 31}))
+    led = build_costs.main(["--cache", str(tmp_path / "cache"), "--results", str(tmp_path / "results")])
+    by = {r["name"]: r for r in led["organisms"]}
+    assert [r["name"] for r in led["organisms"]] == ["p", "q", "c"]  # most expensive first
+    assert by["p"]["chapters"] == ["x", "y"] and by["c"]["chapters"] == ["x"] and by["q"]["chapters"] == ["y"]
+    assert led["chapters"]["x"] == {"wall_s": 20.0, "needs_s": 13.0, "alone_s": 3.0, "n_organisms": 2}
+    assert led["chapters"]["y"] == {"wall_s": 30.0, "needs_s": 15.0, "alone_s": 5.0, "n_organisms": 2}
+    assert led["totals"] == {"train_s": 18.0, "chapters_wall_sum_s": 50.0, "rest_s": 32.0, "missing": 0}
+    assert "4 x 2" in capsys.readouterr().out
