@@ -185,3 +185,23 @@ def test_paired_excess_by_hand_and_pairing():
     iv_rate = S.paired_excess(ft_S, ft_G, ctl_S, ctl_G2, 5, n_boot=100, rate=True)
     assert iv_rate.point == pytest.approx(want_rate)
     assert S.paired_excess(ctl_S, ctl_G, ctl_S, ctl_G, 5, n_boot=50, rate=True).point == 0
+
+
+def test_residual_acts_stop_after_their_block_and_equal_the_full_pass():
+    """A hook inside block L is read by a pass that stops after block L: the values are the full pass's, bit for
+    bit, and blocks above L do not run (the last block's output hook fires only for hooks in that block)."""
+    from lib.organisms.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec(n_layers=3, d_model=16, n_heads=2, d_mlp=32, n_ctx=12, d_vocab=20))
+    toks = torch.randint(0, 20, (5, 9), generator=torch.Generator().manual_seed(0))
+    fired = []
+    model.add_hook("blocks.2.hook_resid_post", lambda act, hook: fired.append(hook.name))
+    for hook in ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.2.hook_resid_post", "hook_embed"):
+        fired.clear()
+        with torch.no_grad():
+            _, full = model.run_with_cache(toks, names_filter=lambda n: n == hook)
+        fired.clear()
+        got = S.residual_acts(model, toks, hook)  # one batch of 5, as the full pass
+        assert torch.equal(got, full[hook].float()), hook
+        assert bool(fired) == hook.startswith("blocks.2") or hook == "hook_embed", (hook, fired)
+    model.reset_hooks()

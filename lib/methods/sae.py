@@ -19,6 +19,7 @@ sparsity) is well defined.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -170,11 +171,16 @@ def _train_sae(acts_ND, d_sae, k, steps, batch_size, lr, seed, resample_every):
 # --------------------------------------------------------------------------- activations
 
 def residual_acts(model, toks_BP: torch.Tensor, hook: str, batch_size: int = 128) -> torch.Tensor:
-    """Activations ``[batch, pos, d_model]`` of ``model`` at hook ``hook`` (e.g. ``blocks.2.hook_resid_post``)."""
+    """Activations ``[batch, pos, d_model]`` of ``model`` at hook ``hook`` (e.g. ``blocks.2.hook_resid_post``).
+
+    A hook inside block ``L`` is read by a forward pass that stops after that block (``stop_at_layer``): the
+    blocks above it and the unembedding do not run, and the values are the full pass's, bit for bit."""
+    m = re.fullmatch(r"blocks\.(\d+)\..+", hook)
+    stop = {"stop_at_layer": int(m.group(1)) + 1} if m and hasattr(model, "blocks") else {}
     out = []
     with torch.no_grad():
         for i in range(0, len(toks_BP), batch_size):
-            _, cache = model.run_with_cache(toks_BP[i:i + batch_size], names_filter=lambda n: n == hook)
+            _, cache = model.run_with_cache(toks_BP[i:i + batch_size], names_filter=lambda n: n == hook, **stop)
             out.append(cache[hook].float().cpu())
     return torch.cat(out)
 
