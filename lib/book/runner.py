@@ -409,8 +409,8 @@ def execute_notebook(nb, dest: str | os.PathLike, parameters: dict[str, Any], st
     """Execute the nbformat notebook ``nb`` with papermill (``parameters`` injected, working directory the
     repository root) into ``dest``; the machinery under ``run_notebook``, for any notebook. A failing cell (or a
     kernel that dies in one) raises ``ChapterError`` naming ``stem`` (default: ``dest``'s stem), the cell and the
-    error. The kernel process's own log lines go to ``<dest stem>.kernel.log`` beside ``dest`` (removed if empty);
-    when the kernel dies, their last lines are part of the error."""
+    error. The kernel process's own log lines go to ``<dest stem>.kernel.log`` beside ``dest`` (removed if empty or
+    if it holds only ipykernel's shutdown line); when the kernel dies, their last lines are part of the error."""
     import nbformat
     import papermill as pm
 
@@ -442,8 +442,18 @@ def execute_notebook(nb, dest: str | os.PathLike, parameters: dict[str, Any], st
         raise ChapterError(stem, e.cell, e.n_cells, first_line(e.source or "", 100), type(err).__name__, evalue,
                            str(shown) if dest.exists() else "") from err
     finally:
-        if kernel_log.exists() and kernel_log.stat().st_size == 0:
+        if kernel_log.exists() and not _log_worth_keeping(kernel_log.read_text(errors="replace")):
             kernel_log.unlink()
+
+
+# ipykernel's line when jupyter_client interrupts a kernel it is shutting down (a race that shows under load): it says
+# nothing about the chapter
+_SHUTDOWN_NOISE = re.compile(r"^\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel\.?$")
+
+
+def _log_worth_keeping(text: str) -> bool:
+    """Whether a kernel log says anything: a line that is neither blank nor ipykernel's shutdown noise."""
+    return any(line.strip() and not _SHUTDOWN_NOISE.match(line.strip()) for line in text.splitlines())
 
 
 def execute_chapter(stem: str, out: str, params: Optional[dict[str, Any]] = None,
