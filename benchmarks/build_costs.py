@@ -23,17 +23,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib.organisms.cache import content_key, default_root  # noqa: E402
+from lib.organisms.cache import ArtifactCache, content_key, default_root  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_cache(cache: Path) -> dict[str, dict[str, Any]]:
     """``key -> {"name", "train_s", "parent", "steps", "batch", "n_params"}`` for every manifest in ``cache``."""
-    out = {}
+    store, out = ArtifactCache(cache), {}
     for m in sorted(Path(cache).glob("*/manifest.json")):
-        d = json.loads(m.read_text())
-        if "identity" not in d:
+        d = store.manifest(m.parent.name)  # None if unreadable: then the organism counts as missing
+        if d is None or "identity" not in d:
             continue
         ident = d["identity"]
         parent = ident.get("parent")
